@@ -74,3 +74,43 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_epochs = 1
   c.tophat_baseline = True
   return c
+
+
+def _fail(key: str, msg: str):
+  from limijax.errors import UserError  # pylint: disable=g-import-not-at-top
+  raise UserError(f'config key {key}: {msg}')
+
+
+def checked(config) -> ml_collections.ConfigDict:
+  """Return ``config`` after checking the keys a run relies on; a bad value raises a
+  UserError naming the key. Also turns a config file that failed to load (ml_collections
+  defers that error to the first access) into one clear line."""
+  from limijax.errors import UserError  # pylint: disable=g-import-not-at-top
+  if config is None:
+    raise UserError('--config is required, e.g. --config=configs/synthetic.py')
+  try:
+    config.keys()
+  except OSError as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    raise UserError('could not load the config file: ' + ' '.join(lines[-2:])) from None
+  m, d = config.model, config.data
+  if len(tuple(m.channels)) != 4 or not all(isinstance(c, int) and c > 0 for c in m.channels):
+    _fail('model.channels', f'needs four positive integers, got {m.channels!r}')
+  for key, value, allowed in (
+      ('model.stem', m.stem, ('ses', 'dsconv_bn')), ('model.block', m.block, ('lmb', 'residual')),
+      ('model.upsampler', m.upsampler, ('huf', 'bilinear')), ('model.head', m.head, ('c2f', 'fpn')),
+      ('model.depthwise', m.depthwise, ('auto', 'grouped', 'shift')),
+      ('data.split', d.split, ('standard', 'random'))):
+    if value not in allowed:
+      _fail(key, f'must be one of {allowed}, got {value!r}')
+  if d.image_size <= 0 or d.image_size % 16:
+    _fail('data.image_size', f'must be a positive multiple of 16, got {d.image_size}')
+  for key in ('num_epochs', 'batch_size', 'eval_every_epochs', 'num_seeds'):
+    if config[key] <= 0:
+      _fail(key, f'must be positive, got {config[key]}')
+  for key in ('val_fraction', 'test_fraction'):
+    if not 0.0 < d[key] < 1.0:
+      _fail(f'data.{key}', f'must lie strictly between 0 and 1, got {d[key]}')
+  if len(tuple(config.loss.side_alphas)) != 4:
+    _fail('loss.side_alphas', f'needs four values (x8, x4, x2, x1), got {config.loss.side_alphas!r}')
+  return config

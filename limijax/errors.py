@@ -33,3 +33,22 @@ def cli_main(main: Callable[[Sequence[str]], object]) -> Callable[[Sequence[str]
       fail(str(e))
 
   return wrapped
+
+
+def _parse_flags(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except KeyError as e:  # ml_collections: an override names a key the config lacks
+    fail(f'unknown config key: {e.args[0] if e.args else e}')
+  except Exception as e:  # pylint: disable=broad-except
+    # absl flag errors, a config file that is missing or fails to load, a value of the
+    # wrong type for a locked config key: all are the user's to fix, none a traceback.
+    fail(f'{type(e).__name__}: {e}' if not isinstance(e, flags.Error) else str(e))
+
+
+def run(main: Callable[[Sequence[str]], object]) -> None:
+  """``absl.app.run`` for limijax commands: flag and config errors and UserErrors end as
+  one line on stderr and exit status 2."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(cli_main(main), flags_parser=_parse_flags)

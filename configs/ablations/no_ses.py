@@ -1,0 +1,17 @@
+"""Paper Table 2, row "Ours-w/o SES": the stem is a depthwise-separable conv + BatchNorm.
+IRSTD-1k based, all else as configs/irstd1k.py.
+
+    python -m limijax.main --config=configs/ablations/no_ses.py \
+        --config.data.root=/path/to/IRSTD-1k --workdir=workdirs/no_ses
+"""
+
+from limijax.defaults import base_config
+
+
+def get_config():
+  c = base_config()
+  c.data.name = 'irstd1k'
+  c.data.split = 'standard'
+  c.data.image_size = 512
+  c.model.stem = 'dsconv_bn'
+  return c

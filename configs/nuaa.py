@@ -1,0 +1,16 @@
+"""NUAA-SIRST (images of various sizes): the standard split files, 20 % of train held out
+for validation, 256x256 crops (smaller images zero-padded), the paper's optimiser settings.
+
+    python -m limijax.main --config=configs/nuaa.py --config.data.root=/path/to/NUAA-SIRST \
+        --workdir=workdirs/nuaa
+"""
+
+from limijax.defaults import base_config
+
+
+def get_config():
+  c = base_config()
+  c.data.name = 'nuaa'
+  c.data.split = 'standard'
+  c.data.image_size = 256
+  return c

@@ -1,0 +1,396 @@
+"""Limi-Net (Light but Mighty, ICIC 2025) in functional flax.linen.
+
+One module per block of the paper, named as the paper names it (Fig. 2-4):
+
+* :class:`SES`  - Stability-Enhanced Stem (Fig. 3a)
+* :class:`ECA`  - Efficient Channel Attention (Fig. 3b)
+* :class:`LMB`  - Lightweight Multi-branch Bottleneck (Fig. 3c), four of them: 8, 16, 32, 32
+* :class:`HUF`  - Hybrid Upsampling Fusion (Fig. 4a)
+* :class:`FastUp` (Fig. 4b) and :class:`SegmentHead` (Fig. 4c)
+* :class:`LimiNet` - the encoder, the coarse-to-fine decoder, the multi-scale head and
+  the C2F side heads.
+
+Tensors are NHWC. ``LimiNet.apply(variables, x, train=True)`` returns
+``(final_logits, side_logits)`` where ``side_logits`` holds the four C2F outputs at full
+resolution, coarsest (x8) first; ``train=False`` returns the final logits alone and does
+not compute the side heads.
+
+Decisions the paper leaves open (also listed in the README's model section):
+
+* Activation: ReLU everywhere (cheap, exports to every runtime).
+* Normalisation: GroupNorm with ``min(4, C // 2)`` groups and eps 1e-5 (PyTorch's) after
+  every convolution that is not followed by a head or by the residual sum's own norm.
+  GroupNorm, not BatchNorm, also beyond the stem: the paper's reason for it in SES
+  (small batches) holds for the whole network, and it makes training and inference
+  compute the same function. The ``dsconv_bn`` ablation stem is the only BatchNorm.
+* SES: 3x3 conv 1 -> 8 + GN + ReLU, then depthwise 3x3 + pointwise 8 -> 8 + GN + ReLU,
+  then ECA.
+* ECA: kernel ``k = t if t odd else t + 1`` with ``t = int(|log2(C) / 2 + 1 / 2|)``
+  (ECA-Net's gamma = 2, b = 1; k = 3 for 8, 16 and 32 channels), zero padding, no bias.
+* LMB: 1x1 reduction to ``C_out / 2`` (bottleneck ratio 0.5) + GN + ReLU; two parallel
+  depthwise-separable branches with kernels 3 and 7 (receptive fields 3 and 7), each
+  with stride 2 (the downsampling sits in the branches, so the 1x1 reduction runs at
+  the input resolution and the branches produce half-size maps) + GN + ReLU;
+  concatenation; 1x1 fusion to ``C_out`` + GN; ECA; a residual shortcut (2x2 average
+  pool, plus a 1x1 projection when channels change); ReLU after the sum.
+* Encoder resolutions: SES at 1/1, LMB at 1/2, 1/4, 1/8, 1/16, so an input side must be
+  a multiple of 16.
+* HUF: the deeper feature is upsampled x2 twice - DSTC (depthwise 4x4 stride-2
+  transposed conv + pointwise to ``C_out``) and bilinear (a 1x1 projection at the low
+  resolution when channels change; 1x1 conv and bilinear interpolation commute) - the
+  two streams are *added*, concatenated with the LMB/SES skip of the same scale, and
+  fused by a 1x1 conv (2 ``C_out`` -> ``C_out``) + GN + ReLU.
+  HUF outputs: 32 @ 1/8, 16 @ 1/4, 8 @ 1/2, 8 @ 1/1.
+* FastUp: bilinear x8 / x4 / x2, then depthwise 3x3 + pointwise to 4 channels + GN + ReLU
+  (the order of Fig. 4b).
+* Multi-scale head: the three FastUp outputs (4 channels each) concatenated with the
+  final HUF feature (8 channels) -> SegmentHead.
+* SegmentHead: depthwise 3x3 + pointwise to 8 + GN + ReLU, then a 1x1 conv to one logit
+  (with bias). C2F side heads: a 1x1 conv to one logit on each FastUp output and on the
+  final HUF feature (training only).
+* Initialisation: He-normal (fan-in) for convolutions, zeros for biases, ones/zeros for
+  norms; the final logit biases start at ``-log((1 - 0.01) / 0.01)`` so that the first
+  predictions are background (targets are a tiny share of pixels).
+* Input channels: 1 (grey); NUDT-SIRST's RGB files carry a grey image and are read as one.
+
+Ablations (paper Table 2): ``stem='dsconv_bn'`` (w/o SES: depthwise-separable conv
+1 -> 8 + BatchNorm + ReLU), ``block='residual'`` (w/o LMB: plain residual blocks of two
+3x3 convolutions), ``upsampler='bilinear'`` (w/o HUF: bilinear x2 then a
+depthwise-separable conv, no DSTC stream) and ``head='fpn'`` (w/o C2F: the same
+multi-scale FPN-style head, no label-smoothed side supervision).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from limijax import depthwise
+from limijax.errors import UserError
+
+STEMS = ('ses', 'dsconv_bn')
+BLOCKS = ('lmb', 'residual')
+UPSAMPLERS = ('huf', 'bilinear')
+HEADS = ('c2f', 'fpn')
+STRIDE = 16  # total downsampling of the encoder: input sides must be multiples of it
+GN_EPS = 1e-5  # PyTorch's GroupNorm default, so exported weights compute the same thing
+PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
+
+conv_init = nn.initializers.he_normal()
+
+
+class InputShapeError(UserError, ValueError):
+  """The input is not (N, H, W, C) with H, W multiples of 16 and the expected C."""
+
+
+def gn(channels: int, name: str | None = None) -> nn.GroupNorm:
+  return nn.GroupNorm(num_groups=min(4, max(1, channels // 2)), epsilon=GN_EPS, name=name)
+
+
+def _upsample_axis(x: jax.Array, factor: int, axis: int) -> jax.Array:
+  """Bilinear x``factor`` along one axis as a fixed two-tap stencil per output phase.
+
+  Output ``o = factor * m + r`` samples the input at ``m + t_r`` with
+  ``t_r = (r + 0.5) / factor - 0.5`` (half-pixel centres); edge replication reproduces
+  PyTorch's clamping at the borders. Cheaper than a dense resize matrix and exact.
+  """
+  n = x.shape[axis]
+  xp = jnp.concatenate([lax.slice_in_dim(x, 0, 1, axis=axis), x,
+                        lax.slice_in_dim(x, n - 1, n, axis=axis)], axis=axis)
+  phases = []
+  for r in range(factor):
+    t = (r + 0.5) / factor - 0.5
+    lo = math.floor(t)  # -1 or 0
+    frac = t - lo
+    a = lax.slice_in_dim(xp, 1 + lo, 1 + lo + n, axis=axis)
+    b = lax.slice_in_dim(xp, 2 + lo, 2 + lo + n, axis=axis)
+    phases.append(a * (1.0 - frac) + b * frac)
+  out = jnp.stack(phases, axis=axis + 1)
+  shape = list(x.shape)
+  shape[axis] = n * factor
+  return out.reshape(shape)
+
+
+def upsample_bilinear(x: jax.Array, factor: int) -> jax.Array:
+  """Bilinear x``factor`` of NHWC ``x`` (= torch ``interpolate(align_corners=False)``)."""
+  if factor == 1:
+    return x
+  return _upsample_axis(_upsample_axis(x, factor, 1), factor, 2)
+
+
+def avg_pool2(x: jax.Array) -> jax.Array:
+  n, h, w, c = x.shape
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise k x k convolution (no bias); see :mod:`limijax.depthwise` for ``impl``."""
+  kernel_size: int = 3
+  stride: int = 1
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param('kernel', conv_init, (k, k, 1, x.shape[-1]), jnp.float32)
+    return depthwise.depthwise_conv(x, kernel, stride=self.stride, impl=self.impl)
+
+
+class DepthwiseConvTranspose(nn.Module):
+  """Depthwise 4x4 stride-2 transposed convolution (no bias): doubles H and W."""
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', conv_init, (4, 4, 1, x.shape[-1]), jnp.float32)
+    return depthwise.depthwise_conv_transpose2x(x, kernel, impl=self.impl)
+
+
+def pointwise(features: int, use_bias: bool = False, name: str | None = None) -> nn.Conv:
+  return nn.Conv(features, (1, 1), use_bias=use_bias, kernel_init=conv_init, name=name)
+
+
+class DSConv(nn.Module):
+  """Depthwise-separable convolution: depthwise k x k (stride s), then pointwise."""
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  use_bias: bool = False
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    x = DepthwiseConv(self.kernel_size, self.stride, self.impl, name='dw')(x)
+    return pointwise(self.features, self.use_bias, name='pw')(x)
+
+
+def eca_kernel_size(channels: int) -> int:
+  t = int(abs(math.log2(channels) / 2 + 0.5))
+  return t if t % 2 else t + 1
+
+
+class ECA(nn.Module):
+  """Efficient Channel Attention (ECA-Net): GAP, 1-D conv across channels, sigmoid, rescale."""
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    k = eca_kernel_size(c)
+    kernel = self.param('kernel', nn.initializers.normal(1.0 / math.sqrt(k)), (k,), jnp.float32)
+    y = x.mean(axis=(1, 2))  # (N, C)
+    yp = jnp.pad(y, ((0, 0), (k // 2, k // 2)))
+    # 1-D cross-correlation over the channel axis, as torch Conv1d(1, 1, k, padding=k//2).
+    z = sum(kernel[i] * yp[:, i:i + c] for i in range(k))
+    return x * jax.nn.sigmoid(z)[:, None, None, :]
+
+
+class SES(nn.Module):
+  """Stability-Enhanced Stem (Fig. 3a): standard 3x3 conv + GroupNorm, then DSConv + ECA."""
+  features: int = 8
+  mid_features: int = 8
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(self.mid_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                kernel_init=conv_init, name='conv')(x)
+    x = nn.relu(gn(self.mid_features, 'gn1')(x))
+    x = DSConv(self.features, impl=self.impl, name='dsconv')(x)
+    x = nn.relu(gn(self.features, 'gn2')(x))
+    return ECA(name='eca')(x)
+
+
+class DSConvBNStem(nn.Module):
+  """The "w/o SES" stem: depthwise-separable 3x3 conv + BatchNorm + ReLU."""
+  features: int = 8
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = DSConv(self.features, impl=self.impl, name='dsconv')(x)
+    # momentum 0.9 / eps 1e-5 = torch.nn.BatchNorm2d's defaults (torch momentum 0.1).
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name='bn')(x)
+    return nn.relu(x)
+
+
+class LMB(nn.Module):
+  """Lightweight Multi-branch Bottleneck (Fig. 3c); halves H and W."""
+  features: int
+  kernel_sizes: Sequence[int] = (3, 7)
+  bottleneck_ratio: float = 0.5
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    mid = max(1, int(self.features * self.bottleneck_ratio))
+    y = nn.relu(gn(mid, 'reduce_gn')(pointwise(mid, name='reduce')(x)))
+    branches = []
+    for i, k in enumerate(self.kernel_sizes):
+      b = DSConv(mid, kernel_size=k, stride=2, impl=self.impl, name=f'branch{i}')(y)
+      branches.append(nn.relu(gn(mid, f'branch{i}_gn')(b)))
+    y = jnp.concatenate(branches, axis=-1)
+    y = gn(self.features, 'fuse_gn')(pointwise(self.features, name='fuse')(y))
+    y = ECA(name='eca')(y)
+    shortcut = avg_pool2(x)
+    if x.shape[-1] != self.features:
+      shortcut = pointwise(self.features, name='shortcut')(shortcut)
+    return nn.relu(y + shortcut)
+
+
+class ResidualBlock(nn.Module):
+  """The "w/o LMB" block: two 3x3 convs (the first with stride 2) + GN and a shortcut."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.Conv(self.features, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                use_bias=False, kernel_init=conv_init, name='conv1')(x)
+    y = nn.relu(gn(self.features, 'gn1')(y))
+    y = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                kernel_init=conv_init, name='conv2')(y)
+    y = gn(self.features, 'gn2')(y)
+    shortcut = avg_pool2(x)
+    if x.shape[-1] != self.features:
+      shortcut = pointwise(self.features, name='shortcut')(shortcut)
+    return nn.relu(y + shortcut)
+
+
+class HUF(nn.Module):
+  """Hybrid Upsampling Fusion (Fig. 4a): DSTC + bilinear x2 of ``deep``, fused with ``skip``.
+
+  With ``hybrid=False`` (the "w/o HUF" ablation) the deeper feature is upsampled by
+  bilinear interpolation followed by a depthwise-separable convolution only.
+  """
+  features: int
+  hybrid: bool = True
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, deep, skip):
+    if self.hybrid:
+      dstc = DepthwiseConvTranspose(self.impl, name='dstc_dw')(deep)
+      dstc = pointwise(self.features, name='dstc_pw')(dstc)
+      bil = deep
+      if deep.shape[-1] != self.features:
+        bil = pointwise(self.features, name='bilinear_proj')(bil)
+      up = dstc + upsample_bilinear(bil, 2)
+    else:
+      up = DSConv(self.features, impl=self.impl, name='up_dsconv')(upsample_bilinear(deep, 2))
+    y = pointwise(self.features, name='fuse')(jnp.concatenate([up, skip], axis=-1))
+    return nn.relu(gn(self.features, 'fuse_gn')(y))
+
+
+class FastUp(nn.Module):
+  """FastUp (Fig. 4b): bilinear x``factor``, then a depthwise-separable 3x3 conv."""
+  factor: int
+  features: int = 4
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    x = DSConv(self.features, impl=self.impl, name='dsconv')(upsample_bilinear(x, self.factor))
+    return nn.relu(gn(self.features, 'gn')(x))
+
+
+class SegmentHead(nn.Module):
+  """Segment head (Fig. 4c): depthwise-separable 3x3 + GN + ReLU, then 1x1 to one logit."""
+  features: int = 8
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    x = DSConv(self.features, impl=self.impl, name='dsconv')(x)
+    x = nn.relu(gn(self.features, 'gn')(x))
+    return nn.Conv(1, (1, 1), kernel_init=conv_init,
+                   bias_init=nn.initializers.constant(PRIOR_BIAS), name='logit')(x)
+
+
+class LimiNet(nn.Module):
+  """Limi-Net: Lightweight Stable Encoder + Coarse-to-fine Hybrid Upsampling Decoder."""
+  channels: Sequence[int] = (8, 16, 32, 32)
+  stem_channels: int = 8
+  in_channels: int = 1
+  fastup_channels: int = 4
+  head_channels: int = 8
+  stem: str = 'ses'
+  block: str = 'lmb'
+  upsampler: str = 'huf'
+  head: str = 'c2f'
+  depthwise: str = 'auto'
+
+  def check_input(self, x) -> None:
+    ok = (x.ndim == 4 and x.shape[1] % STRIDE == 0 and x.shape[2] % STRIDE == 0
+          and x.shape[1] > 0 and x.shape[2] > 0 and x.shape[3] == self.in_channels)
+    if not ok:
+      raise InputShapeError(
+          f'Limi-Net expects input of shape (N, H, W, {self.in_channels}) with H and W '
+          f'multiples of {STRIDE}; got {tuple(x.shape)}')
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    self.check_input(x)
+    for name, value, allowed in (('stem', self.stem, STEMS), ('block', self.block, BLOCKS),
+                                 ('upsampler', self.upsampler, UPSAMPLERS),
+                                 ('head', self.head, HEADS)):
+      if value not in allowed:
+        raise UserError(f'model.{name} must be one of {allowed}, got {value!r}')
+    impl = self.depthwise
+    c1, c2, c3, c4 = self.channels
+    # --- Lightweight Stable Encoder (3.3) ---
+    if self.stem == 'ses':
+      e0 = SES(self.stem_channels, self.stem_channels, impl, name='ses')(x)
+    else:
+      e0 = DSConvBNStem(self.stem_channels, impl, name='stem_dsconv_bn')(x, train)
+    if self.block == 'lmb':
+      blocks = [LMB(c, impl=impl, name=f'lmb{i + 1}') for i, c in enumerate(self.channels)]
+    else:
+      blocks = [ResidualBlock(c, name=f'res{i + 1}') for i, c in enumerate(self.channels)]
+    e1 = blocks[0](e0)  # 1/2
+    e2 = blocks[1](e1)  # 1/4
+    e3 = blocks[2](e2)  # 1/8
+    e4 = blocks[3](e3)  # 1/16
+    # --- Coarse-to-fine Hybrid Upsampling Decoder (3.4) ---
+    hybrid = self.upsampler == 'huf'
+    d3 = HUF(c3, hybrid, impl, name='huf1')(e4, e3)  # 1/8
+    d2 = HUF(c2, hybrid, impl, name='huf2')(d3, e2)  # 1/4
+    d1 = HUF(c1, hybrid, impl, name='huf3')(d2, e1)  # 1/2
+    d0 = HUF(self.stem_channels, hybrid, impl, name='huf4')(d1, e0)  # 1/1
+    fu = self.fastup_channels
+    f3 = FastUp(8, fu, impl, name='fastup8')(d3)
+    f2 = FastUp(4, fu, impl, name='fastup4')(d2)
+    f1 = FastUp(2, fu, impl, name='fastup2')(d1)
+    final = SegmentHead(self.head_channels, impl, name='head')(
+        jnp.concatenate([f3, f2, f1, d0], axis=-1))
+    if not train:
+      return final
+    if self.head == 'fpn':
+      return final, ()
+    # C2F side heads (training only): one logit per HUF output, coarsest first.
+    sides = tuple(
+        nn.Conv(1, (1, 1), kernel_init=conv_init, bias_init=nn.initializers.constant(PRIOR_BIAS),
+                name=f'side{i}')(f) for i, f in enumerate((f3, f2, f1, d0)))
+    return final, sides
+
+
+def from_config(config, in_channels: int | None = None) -> LimiNet:
+  """Build the model from a run config (``config.model`` and ``config.data.in_channels``)."""
+  m = config.model
+  return LimiNet(
+      channels=tuple(m.channels), stem_channels=m.stem_channels,
+      in_channels=in_channels or config.data.in_channels,
+      stem=m.stem, block=m.block, upsampler=m.upsampler, head=m.head, depthwise=m.depthwise)
+
+
+def init(model: LimiNet, rng: jax.Array, size: int = 32) -> dict:
+  """Initialise all variables (side heads included) on a (1, size, size, C) input."""
+  x = jnp.zeros((1, size, size, model.in_channels), jnp.float32)
+  return model.init(rng, x, train=True)
+
+
+def count_params(params) -> int:
+  return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))
