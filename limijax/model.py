@@ -389,7 +389,8 @@ def from_config(config, in_channels: int | None = None) -> LimiNet:
 def init(model: LimiNet, rng: jax.Array, size: int = 32) -> dict:
   """Initialise all variables (side heads included) on a (1, size, size, C) input."""
   x = jnp.zeros((1, size, size, model.in_channels), jnp.float32)
-  return model.init(rng, x, train=True)
+  # jitted: op-by-op initialisation of this many small ops is slower than compiling it
+  return jax.jit(lambda rng, x: model.init(rng, x, train=True))(rng, x)
 
 
 def count_params(params) -> int:

@@ -25,6 +25,7 @@ import json
 import math
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
@@ -37,7 +38,7 @@ from limijax.errors import UserError, run
 def _iter_eqns(jaxpr):
   for eqn in jaxpr.eqns:
     yield eqn
-    for sub in jax.core.jaxprs_in_params(eqn.params):
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
       yield from _iter_eqns(sub)
 
 

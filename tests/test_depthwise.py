@@ -1,0 +1,122 @@
+"""The shift/polyphase depthwise forms equal the grouped convolution and PyTorch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from limijax import depthwise
+from limijax import model as model_lib
+
+
+def close(a, b, tol=1e-5):
+  """Equal to ``tol`` relative to the array's scale (float32 sums of ~10^3 terms)."""
+  a, b = np.asarray(a), np.asarray(b)
+  scale = max(1.0, float(np.abs(b).max()))
+  np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale)
+
+
+def _rand(key, shape):
+  return jax.random.normal(jax.random.PRNGKey(key), shape, jnp.float32)
+
+
+@pytest.mark.parametrize('k,stride,dilation', [(3, 1, 1), (3, 2, 1), (5, 2, 1), (7, 2, 1), (3, 1, 2)])
+def test_depthwise_forms_agree_outputs_and_grads(k, stride, dilation):
+  x, w = _rand(0, (2, 12, 18, 5)), _rand(1, (k, k, 1, 5))
+
+  def f(impl):
+    def loss(x, w):
+      y = depthwise.depthwise_conv(x, w, stride=stride, dilation=dilation, impl=impl)
+      return jnp.sum(jnp.sin(y)), y
+    (_, y), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, w)
+    return y, g
+
+  (ya, ga), (yb, gb) = f('grouped'), f('shift')
+  assert ya.shape == (2, 12 // stride, 18 // stride, 5)
+  close(ya, yb)
+  for a, b in zip(ga, gb):
+    close(a, b)
+
+
+def test_transposed_forms_agree_outputs_and_grads():
+  x, w = _rand(2, (2, 5, 7, 3)), _rand(3, (4, 4, 1, 3))
+
+  def f(impl):
+    loss = lambda x, w: jnp.sum(jnp.cos(depthwise.depthwise_conv_transpose2x(x, w, impl=impl)))
+    return depthwise.depthwise_conv_transpose2x(x, w, impl=impl), jax.grad(loss, (0, 1))(x, w)
+
+  (ya, ga), (yb, gb) = f('grouped'), f('shift')
+  assert ya.shape == (2, 10, 14, 3)
+  close(ya, yb)
+  for a, b in zip(ga, gb):
+    close(a, b)
+
+
+def test_transposed_matches_hand_formula_1d():
+  # One channel, a 1 x 3 input; a kernel that is only non-zero in row 1 makes the
+  # rows trivial: out[2m] gets x[m] w[1] + x[m-1] w[3], out[2m+1] gets x[m+1] w[0] + x[m] w[2].
+  x = jnp.array([1.0, 2.0, 4.0]).reshape(1, 1, 3, 1)
+  w = np.zeros((4, 4, 1, 1), np.float32)
+  w[1, :, 0, 0] = [10.0, 20.0, 30.0, 40.0]  # w0..w3 along columns, row tap 1 (the even row)
+  y = depthwise.depthwise_conv_transpose2x(x, jnp.asarray(w), impl='shift')
+  # row 0 (even): columns 0..5 = [1*20, 2*10+1*30, 2*20+1*40, 4*10+2*30, 4*20+2*40, 4*30]
+  np.testing.assert_allclose(np.asarray(y)[0, 0, :, 0], [20, 50, 80, 100, 160, 120])
+  np.testing.assert_allclose(np.asarray(y)[0, 1, :, 0], 0)  # odd row uses rows 0/2: zero
+
+
+def test_depthwise_matches_torch():
+  x, w = np.asarray(_rand(4, (1, 8, 10, 4))), np.asarray(_rand(5, (5, 5, 1, 4)))
+  tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  tw = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())  # (C, 1, k, k)
+  ref = torch.nn.functional.conv2d(tx, tw, stride=2, padding=2, groups=4).numpy()
+  y = depthwise.depthwise_conv(jnp.asarray(x), jnp.asarray(w), stride=2, impl='shift')
+  np.testing.assert_allclose(np.asarray(y).transpose(0, 3, 1, 2), ref, atol=1e-5)
+
+
+def test_transposed_matches_torch():
+  x, w = np.asarray(_rand(6, (1, 6, 4, 3))), np.asarray(_rand(7, (4, 4, 1, 3)))
+  conv = torch.nn.ConvTranspose2d(3, 3, 4, stride=2, padding=1, groups=3, bias=False)
+  with torch.no_grad():
+    conv.weight.copy_(torch.from_numpy(w.transpose(3, 2, 0, 1).copy()))  # (C, 1, 4, 4)
+    ref = conv(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+  for impl in ('shift', 'grouped'):
+    y = depthwise.depthwise_conv_transpose2x(jnp.asarray(x), jnp.asarray(w), impl=impl)
+    np.testing.assert_allclose(np.asarray(y).transpose(0, 3, 1, 2), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize('factor', [2, 4, 8])
+def test_bilinear_matches_torch_align_corners_false(factor):
+  x = np.asarray(_rand(8, (1, 3, 5, 2)))
+  ref = torch.nn.functional.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
+                                        scale_factor=factor, mode='bilinear',
+                                        align_corners=False).numpy()
+  y = model_lib.upsample_bilinear(jnp.asarray(x), factor)
+  np.testing.assert_allclose(np.asarray(y).transpose(0, 3, 1, 2), ref, atol=1e-5)
+
+
+def test_whole_model_same_for_every_impl():
+  x = _rand(9, (2, 32, 48, 1))
+  y = (jax.random.uniform(jax.random.PRNGKey(10), (2, 32, 48, 1)) > 0.9).astype(jnp.float32)
+  base = model_lib.LimiNet(depthwise='grouped')
+  variables = model_lib.init(base, jax.random.PRNGKey(0))
+  results = {}
+  for impl in ('grouped', 'shift'):
+    m = base.clone(depthwise=impl)
+
+    def loss(params):
+      final, sides = m.apply({'params': params}, x, train=True)
+      return jnp.mean((jax.nn.sigmoid(final) - y) ** 2) + sum(jnp.mean(s) for s in sides), final
+
+    (_, out), grads = jax.value_and_grad(loss, has_aux=True)(variables['params'])
+    results[impl] = (out, grads)
+  for impl in ('shift',):
+    np.testing.assert_allclose(results[impl][0], results['grouped'][0], atol=1e-5)
+    jax.tree.map(lambda a, b: close(a, b),
+                 results[impl][1], results['grouped'][1])
+
+
+def test_auto_resolves_to_shift_on_cpu_and_rejects_unknown():
+  assert depthwise.resolve_impl('auto') == 'shift'  # the tests run on the CPU backend
+  with pytest.raises(ValueError, match='grouped'):
+    depthwise.resolve_impl('fast')

@@ -1,0 +1,153 @@
+"""Limi-Net: parameter budget, shapes for every ablation, jit/grad, bad input."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from limijax import defaults, losses
+from limijax import model as model_lib
+
+VARIANTS = {
+    'default': {},
+    'no_ses': {'stem': 'dsconv_bn'},
+    'no_lmb': {'block': 'residual'},
+    'no_huf': {'upsampler': 'bilinear'},
+    'no_c2f': {'head': 'fpn'},
+}
+
+
+@pytest.fixture(scope='module')
+def default_vars():
+  return model_lib.init(model_lib.LimiNet(), jax.random.PRNGKey(0))
+
+
+def test_default_parameter_count_is_pinned(default_vars):
+  n = model_lib.count_params(default_vars['params'])
+  assert n == 16164
+  assert 15_500 <= n <= 16_499 and round(n / 1e6, 3) == 0.016
+
+
+def test_params_per_block_are_where_the_paper_puts_them(default_vars):
+  p = default_vars['params']
+  assert set(p) == {'ses', 'lmb1', 'lmb2', 'lmb3', 'lmb4', 'huf1', 'huf2', 'huf3', 'huf4',
+                    'fastup8', 'fastup4', 'fastup2', 'head', 'side0', 'side1', 'side2', 'side3'}
+  # SES: a *standard* 3x3 conv 1 -> 8 and a depthwise-separable conv to 8 channels.
+  assert p['ses']['conv']['kernel'].shape == (3, 3, 1, 8)
+  assert p['ses']['dsconv']['dw']['kernel'].shape == (3, 3, 1, 8)
+  assert p['ses']['dsconv']['pw']['kernel'].shape == (1, 1, 8, 8)
+  # LMB output channels 8, 16, 32, 32 (the fusion 1x1 conv's output).
+  assert [p[f'lmb{i}']['fuse']['kernel'].shape[-1] for i in range(1, 5)] == [8, 16, 32, 32]
+  # HUF's DSTC stream: a depthwise 4x4 transposed conv on the deeper feature.
+  assert p['huf1']['dstc_dw']['kernel'].shape == (4, 4, 1, 32)
+
+
+@pytest.mark.parametrize('name', list(VARIANTS))
+@pytest.mark.parametrize('hw', [(32, 32), (64, 96), (256, 256), (512, 512)])
+def test_output_shapes(name, hw):
+  m = model_lib.LimiNet(**VARIANTS[name])
+  variables = jax.eval_shape(lambda: model_lib.init(m, jax.random.PRNGKey(0)))
+  x = jax.ShapeDtypeStruct((2, *hw, 1), jnp.float32)
+  out = jax.eval_shape(lambda v, x: m.apply(v, x, train=False), variables, x)
+  assert out.shape == (2, *hw, 1)
+  (final, sides), _ = jax.eval_shape(
+      lambda v, x: m.apply(v, x, train=True, mutable=['batch_stats']), variables, x)
+  assert final.shape == (2, *hw, 1)
+  assert len(sides) == (0 if name == 'no_c2f' else 4)
+  assert all(s.shape == (2, *hw, 1) for s in sides)
+
+
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_jit_grad_finite_on_all_background_and_all_target(name):
+  # The default model runs the CPU's fast (shift) form; the ablations the grouped form,
+  # which compiles faster (the forms' equality is tested in test_depthwise.py).
+  impl = 'shift' if name == 'default' else 'grouped'
+  m = model_lib.LimiNet(**VARIANTS[name], depthwise=impl)
+  variables = model_lib.init(m, jax.random.PRNGKey(1))
+  params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 64, 96, 1))
+
+  @jax.jit
+  def loss_fn(params, y):
+    (final, sides), _ = m.apply({'params': params, **state}, x, train=True,
+                                mutable=['batch_stats'])
+    return losses.c2f_loss(final, sides, y)[0]
+
+  for fill in (0.0, 1.0):
+    y = jnp.full((2, 64, 96, 1), fill)
+    value, grads = jax.value_and_grad(loss_fn)(params, y)
+    assert np.isfinite(float(value)) and value > 0
+    leaves = jax.tree_util.tree_leaves(grads)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
+  out = jax.jit(lambda v, x: m.apply(v, x, train=False))(variables, x)
+  assert out.shape == (2, 64, 96, 1) and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_inference_does_not_use_side_heads(default_vars):
+  m = model_lib.LimiNet()
+  x = jax.random.normal(jax.random.PRNGKey(3), (1, 32, 32, 1))
+  params = dict(default_vars['params'])
+  inference_only = {k: v for k, v in params.items() if not k.startswith('side')}
+  a = m.apply({'params': params}, x, train=False)
+  b = m.apply({'params': inference_only}, x, train=False)  # would fail if sides were read
+  np.testing.assert_array_equal(a, b)
+  final, _ = m.apply({'params': params}, x, train=True)
+  np.testing.assert_allclose(final, a, atol=1e-6)  # GroupNorm: train and eval agree
+
+
+def test_batchnorm_stem_updates_stats_in_training_and_uses_them_in_eval():
+  m = model_lib.LimiNet(stem='dsconv_bn')
+  variables = model_lib.init(m, jax.random.PRNGKey(4))
+  x = 3.0 + jax.random.normal(jax.random.PRNGKey(5), (4, 32, 32, 1))
+  _, updates = m.apply(variables, x, train=True, mutable=['batch_stats'])
+  before = variables['batch_stats']['stem_dsconv_bn']['bn']['mean']
+  after = updates['batch_stats']['stem_dsconv_bn']['bn']['mean']
+  assert not np.allclose(before, after)
+  # eval: an image's output does not depend on the rest of the batch
+  one = m.apply(variables, x[:1], train=False)
+  many = m.apply(variables, x, train=False)[:1]
+  np.testing.assert_allclose(one, many, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape', [(1, 40, 48, 1), (1, 48, 50, 1), (1, 32, 32, 3), (32, 32, 1)])
+def test_bad_input_shape_names_expected_shape(shape):
+  m = model_lib.LimiNet()
+  variables = jax.eval_shape(lambda: model_lib.init(m, jax.random.PRNGKey(0)))
+  with pytest.raises(model_lib.InputShapeError, match=r'\(N, H, W, 1\) with H and W multiples of 16'):
+    jax.eval_shape(lambda v: m.apply(v, jnp.zeros(shape), train=False), variables)
+
+
+def test_eca_kernel_size_follows_eca_net():
+  # t = int(|log2(C)/2 + 1/2|), odd-ified: C=8 -> 2 -> 3; C=32 -> 3; C=256 -> 4 -> 5; C=1024 -> 5
+  assert [model_lib.eca_kernel_size(c) for c in (8, 16, 32, 256, 1024)] == [3, 3, 3, 5, 5]
+
+
+def test_eca_rescales_each_channel_by_a_sigmoid_gate():
+  x = jnp.ones((1, 4, 4, 8)) * jnp.arange(1, 9, dtype=jnp.float32)
+  eca = model_lib.ECA()
+  v = eca.init(jax.random.PRNGKey(0), x)
+  k = v['params']['kernel']
+  y = eca.apply(v, x)
+  means = np.arange(1, 9, dtype=np.float32)
+  padded = np.pad(means, 1)
+  gate = 1 / (1 + np.exp(-(k[0] * padded[:-2] + k[1] * padded[1:-1] + k[2] * padded[2:])))
+  np.testing.assert_allclose(np.asarray(y)[0, 0, 0], means * gate, rtol=1e-5)
+
+
+def test_from_config_builds_each_ablation_config():
+  import importlib.util
+  import pathlib
+  root = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+  seen = {}
+  for path in sorted(itertools.chain(root.glob('*.py'), (root / 'ablations').glob('*.py'))):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = defaults.checked(mod.get_config())
+    seen[path.stem] = model_lib.from_config(cfg)
+  assert seen['no_ses'].stem == 'dsconv_bn' and seen['no_lmb'].block == 'residual'
+  assert seen['no_huf'].upsampler == 'bilinear' and seen['no_c2f'].head == 'fpn'
+  assert seen['irstd1k'] == model_lib.LimiNet()
