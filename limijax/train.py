@@ -1,0 +1,460 @@
+"""Training and evaluation of Limi-Net: ``train_and_evaluate(config, workdir)``.
+
+The workdir is the unit of a run (CONTRACT.md):
+
+* ``config.json``   - the resolved config; a workdir made by another config is refused.
+* ``checkpoints/latest`` - the state to resume from (params, optimiser, step, epoch,
+  the Grain iterator's position, the normalisation, the best score so far), saved at
+  the end of every epoch; ``checkpoints/best`` - the params with the best validation
+  mIoU. Orbax writes each checkpoint to a temporary folder and renames it when
+  complete, so a process killed at any moment leaves the previous one intact.
+* ``metrics.jsonl`` - one JSON object per event (``train``, ``val``, ``test``); on resume
+  it is cut back to what it held at the checkpoint, so a resumed run writes the same
+  lines as an uninterrupted one.
+* ``results.json``, ``curves.png``, ``tb/`` (TensorBoard event files).
+
+Learning rate (paper 4.2): AdamW at ``learning_rate``; PyTorch's ``CosineAnnealingLR``
+with ``T_max = cosine_period_epochs`` and ``eta_min = min_learning_rate`` stepped once
+per epoch, multiplied during the first ``warmup_steps`` iterations by a factor rising
+linearly from ``warmup_start_factor`` to 1 (``LinearLR`` stepped per iteration). Like
+PyTorch's scheduler, the cosine does not stop after its period: it follows
+``eta_min + (lr - eta_min) (1 + cos(pi e / T_max)) / 2`` for every epoch ``e``, so the rate
+falls to ``eta_min`` at epoch 10, climbs back to ``lr`` at epoch 20, and so on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import grain
+from tqdm import tqdm
+
+from limijax import data as data_lib
+from limijax import defaults
+from limijax import input_pipeline
+from limijax import losses
+from limijax import metrics as metrics_lib
+from limijax import model as model_lib
+from limijax.errors import UserError
+
+
+class TrainingDiverged(UserError):
+  """The loss became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------- schedule
+def make_schedule(config, steps_per_epoch: int):
+  base, eta_min = config.learning_rate, config.min_learning_rate
+  period, warm = config.cosine_period_epochs, config.warmup_steps
+  start = config.warmup_start_factor
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    epoch = jnp.floor(step / steps_per_epoch)
+    cosine = eta_min + (base - eta_min) * (1 + jnp.cos(jnp.pi * epoch / period)) / 2
+    if warm > 0:
+      factor = start + (1.0 - start) * jnp.minimum(step, warm) / warm
+    else:
+      factor = 1.0
+    return cosine * factor
+
+  return schedule
+
+
+def make_optimizer(config, steps_per_epoch: int):
+  schedule = make_schedule(config, steps_per_epoch)
+  return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8,
+                     weight_decay=config.weight_decay), schedule
+
+
+# --------------------------------------------------------------------------- state
+def init_state(model, tx, seed: int) -> dict:
+  # 'variables' holds params and, for the BatchNorm ablation stem, batch_stats.
+  variables = model_lib.init(model, jax.random.PRNGKey(seed))
+  return {'variables': variables, 'opt_state': tx.init(variables['params']),
+          'step': jnp.zeros((), jnp.int32)}
+
+
+def split_variables(variables):
+  return variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+
+
+def make_train_step(model, tx, schedule, loss_cfg):
+  def train_step(state, batch):
+    params, model_state = split_variables(state['variables'])
+
+    def loss_fn(params):
+      variables = {'params': params, **model_state}
+      if model_state:
+        (final, sides), new_state = model.apply(variables, batch['image'], train=True,
+                                                mutable=list(model_state))
+      else:
+        (final, sides), new_state = model.apply(variables, batch['image'], train=True), {}
+      total, terms = losses.loss_from_config(final, sides, batch['mask'], loss_cfg)
+      return total, (terms, new_state)
+
+    (loss, (terms, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, state['opt_state'], params)
+    new = {'variables': {'params': optax.apply_updates(params, updates), **new_state},
+           'opt_state': opt_state, 'step': state['step'] + 1}
+    out = {'loss': loss, 'lr': schedule(state['step']), **{f'loss_{k}': v for k, v in terms.items()}}
+    return new, out
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def make_predict(model):
+  @jax.jit
+  def predict(params, model_state, image):
+    return model.apply({'params': params, **model_state}, image, train=False)
+  return predict
+
+
+def evaluate_source(predict, params, model_state, source, mean: float, std: float,
+                    desc: str = 'eval', progress: bool = True) -> dict:
+  """The field's metrics of the model on every image of ``source`` at its own size."""
+  acc = metrics_lib.MetricAccumulator()
+  for ex in tqdm(input_pipeline.eval_examples(source, mean=mean, std=std), total=len(source),
+                 desc=desc, leave=False, disable=not progress):
+    logits = np.asarray(predict(params, model_state, ex['image']))[0, ..., 0]
+    pred = metrics_lib.binarize_logits(input_pipeline.crop_to_size(logits, ex['size']))
+    acc.update(pred, np.asarray(ex['mask'], bool))
+  return acc.result()
+
+
+# --------------------------------------------------------------------------- workdir
+def _config_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = '') -> list[str]:
+  keys = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k, '<absent>'), b.get(k, '<absent>')
+    if isinstance(va, dict) and isinstance(vb, dict):
+      keys += _diff_keys(va, vb, f'{prefix}{k}.')
+    elif va != vb:
+      keys.append(f'{prefix}{k}')
+  return keys
+
+
+def claim_workdir(config, workdir: str) -> None:
+  """Write config.json, or check that an existing one is this config (nothing written)."""
+  path = os.path.join(workdir, 'config.json')
+  mine = _config_dict(config)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        theirs = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UserError(f'{path} is unreadable ({e}); refusing to touch this workdir') from None
+    diff = _diff_keys(theirs, mine)
+    if diff:
+      shown = ', '.join(diff[:6]) + (' ...' if len(diff) > 6 else '')
+      raise UserError(f'workdir {workdir} was made by another config (differs at {shown}); '
+                      f'use a new --workdir, or the same config to resume')
+    return
+  if os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise UserError(f'workdir {workdir} holds checkpoints but no config.json; refusing to '
+                    f'overwrite it: use a new --workdir')
+  os.makedirs(workdir, exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(mine, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _managers(workdir: str):
+  opts = dict(create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True)
+  ckpt = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  latest = ocp.CheckpointManager(
+      os.path.join(ckpt, 'latest'), item_names=('state', 'data', 'meta'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
+  best = ocp.CheckpointManager(
+      os.path.join(ckpt, 'best'), item_names=('variables', 'meta'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
+  return latest, best
+
+
+def _abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class MetricsLog:
+  """metrics.jsonl writer (and TensorBoard mirror) that can be cut back on resume."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.tb = None
+    self.tb_dir = os.path.join(workdir, 'tb')
+
+  def truncate(self, size: int) -> None:
+    if os.path.exists(self.path):
+      with open(self.path, 'r+b') as f:
+        f.truncate(size)
+
+  def size(self) -> int:
+    return os.path.getsize(self.path) if os.path.exists(self.path) else 0
+
+  def write(self, event: str, **values) -> None:
+    record = {'event': event, **values}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    try:
+      if self.tb is None:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self.tb = SummaryWriter(self.tb_dir)
+      for k, v in values.items():
+        if isinstance(v, (int, float)) and k not in ('step', 'epoch'):
+          self.tb.add_scalar(f'{event}/{k}', v, values.get('step', 0))
+      self.tb.flush()
+    except ImportError:  # TensorBoard files are a convenience, metrics.jsonl is the record
+      pass
+
+  def read(self) -> list[dict]:
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path) as f:
+      return [json.loads(l) for l in f if l.strip()]
+
+
+def plot_curves(records: list[dict], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  train = [r for r in records if r['event'] == 'train']
+  val = [r for r in records if r['event'] == 'val']
+  fig = Figure(figsize=(11, 3.4), dpi=100)
+  ax1, ax2, ax3 = fig.subplots(1, 3)
+  if train:
+    ax1.plot([r['step'] for r in train], [r['loss'] for r in train], lw=1)
+    ax1.set_yscale('log')
+    ax3.plot([r['step'] for r in train], [r['lr'] for r in train], lw=1, color='tab:gray')
+  ax1.set(title='training loss (C2F, eq. 4)', xlabel='step')
+  ax3.set(title='learning rate', xlabel='step')
+  for key, label in (('miou', 'mIoU'), ('niou', 'nIoU'), ('pd', 'Pd')):
+    if val:
+      ax2.plot([r['epoch'] for r in val], [r[key] for r in val], marker='.', label=label)
+  ax2.set(title='validation', xlabel='epoch', ylim=(0, 1))
+  if val:
+    ax2.legend(loc='lower right')
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+# --------------------------------------------------------------------------- loading a run
+@dataclasses.dataclass
+class TrainedRun:
+  config: ml_collections.ConfigDict
+  model: model_lib.LimiNet
+  params: Any
+  model_state: Any
+  mean: float
+  std: float
+  epoch: int
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise UserError(f'{path} not found: --workdir must be a limijax run folder')
+  with open(path) as f:
+    stored = json.load(f)
+  config = defaults.base_config()
+
+  def fill(dst, src):
+    for k, v in src.items():
+      if isinstance(v, dict):
+        fill(dst[k], v)
+      else:
+        dst[k] = tuple(v) if isinstance(v, list) else v
+
+  fill(config, stored)
+  return defaults.checked(config)
+
+
+def load_run(workdir: str) -> TrainedRun:
+  """The best checkpoint of a run, with its model and normalisation."""
+  config = load_config(workdir)
+  model = model_lib.from_config(config)
+  _, best = _managers(workdir)
+  step = best.latest_step()
+  if step is None:
+    raise UserError(f'{os.path.join(workdir, "checkpoints", "best")} holds no checkpoint yet')
+  variables = jax.eval_shape(lambda: model_lib.init(model, jax.random.PRNGKey(0)))
+  r = best.restore(step, args=ocp.args.Composite(
+      variables=ocp.args.StandardRestore(variables), meta=ocp.args.JsonRestore()))
+  meta = r['meta']
+  params, model_state = split_variables(r['variables'])
+  return TrainedRun(config, model, params, model_state, meta['mean'], meta['std'],
+                    meta['epoch'])
+
+
+def evaluate_workdir(workdir: str, split: str = 'test') -> dict:
+  if split not in ('test', 'val'):
+    raise UserError(f'--split must be test or val, got {split!r}')
+  run = load_run(workdir)
+  dataset = data_lib.load_dataset(run.config.data)
+  return evaluate_source(make_predict(run.model), run.params, run.model_state,
+                         getattr(dataset, split), run.mean, run.std, desc=split)
+
+
+# --------------------------------------------------------------------------- the loop
+def _float_dict(d: dict) -> dict:
+  return {k: float(v) for k, v in d.items()}
+
+
+def _baseline(dataset) -> dict:
+  from limijax import baselines  # pylint: disable=g-import-not-at-top
+
+  def arrays(src):
+    items = [src[i] for i in range(len(src))]
+    return [it['image'] for it in items], [np.asarray(it['mask'], bool) for it in items]
+
+  vi, vm = arrays(dataset.val)
+  ti, tm = arrays(dataset.test)
+  tuned = baselines.tune_tophat(vi, vm)
+  result = baselines.tophat_metrics(ti, tm, tuned['size'], tuned['k'])
+  return {**result, 'size': tuned['size'], 'k': tuned['k'], 'val_miou': tuned['val_miou']}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       progress: bool = True) -> dict:
+  """Train (or resume) the run in ``workdir``, then test the best checkpoint."""
+  config = defaults.checked(config)
+  if config.num_seeds != 1:
+    raise UserError('config key num_seeds: training several seeds in one process is not '
+                    'available yet; use launch/seeds.sh (one process per seed)')
+  t_start = time.time()
+  dataset = data_lib.load_dataset(config.data)
+  for split in ('train', 'val', 'test'):
+    if len(getattr(dataset, split)) == 0:
+      raise UserError(f'the {split} split of {config.data.root or config.data.name} is empty')
+  if len(dataset.train) < config.batch_size:
+    raise UserError(f'config key batch_size: {config.batch_size} is larger than the '
+                    f'{len(dataset.train)} training images')
+  claim_workdir(config, workdir)
+
+  model = model_lib.from_config(config)
+  steps_per_epoch = input_pipeline.steps_per_epoch(len(dataset.train), config.batch_size)
+  tx, schedule = make_optimizer(config, steps_per_epoch)
+  train_step = make_train_step(model, tx, schedule, config.loss)
+  predict = make_predict(model)
+  mean, std = float(dataset.mean), float(dataset.std)
+  train_iter = input_pipeline.make_train_iter(
+      dataset.train, image_size=config.data.image_size, batch_size=config.batch_size,
+      mean=mean, std=std, seed=config.seed, its_cfg=config.data.its,
+      crop_target_prob=config.data.crop_target_prob, num_workers=config.data.num_workers)
+
+  latest, best = _managers(workdir)
+  log = MetricsLog(workdir)
+  state = init_state(model, tx, config.seed)
+  meta = {'epoch': 0, 'best_miou': -1.0, 'best_epoch': -1, 'mean': mean, 'std': std,
+          'log_size': 0, 'wall_time': 0.0}
+  step0 = latest.latest_step()
+  if step0 is not None:
+    r = latest.restore(step0, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(state)),
+        data=grain.checkpoint.CheckpointRestore(train_iter),
+        meta=ocp.args.JsonRestore()))
+    state, meta = r['state'], r['meta']
+    if not (math.isclose(meta['mean'], mean, rel_tol=1e-6) and math.isclose(meta['std'], std, rel_tol=1e-6)):
+      raise UserError(f'the data under {config.data.root or config.data.name} changed since '
+                      f'this run started (normalisation differs); use a new --workdir')
+    log.truncate(meta['log_size'])
+    logging.info('resuming %s at epoch %d (step %d)', workdir, meta['epoch'], step0)
+  else:
+    log.truncate(0)
+  wall0 = time.time() - meta['wall_time']
+
+  def save_latest(epoch: int) -> None:
+    meta.update(epoch=epoch, log_size=log.size(), wall_time=time.time() - wall0)
+    step = int(state['step'])
+    latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter),
+        meta=ocp.args.JsonSave(dict(meta))), force=True)
+
+  def save_best(epoch: int, val: dict) -> None:
+    step = int(state['step'])
+    if step in best.all_steps():
+      return  # a resumed run redoing this epoch: the same parameters are already there
+    best.save(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardSave(state['variables']),
+        meta=ocp.args.JsonSave({'epoch': epoch, 'mean': mean, 'std': std, 'val': val})),
+        force=True)
+
+  for epoch in range(meta['epoch'], config.num_epochs):
+    bar = tqdm(range(steps_per_epoch), desc=f'epoch {epoch + 1}/{config.num_epochs}',
+               leave=False, disable=not progress, dynamic_ncols=True)
+    for _ in bar:
+      batch = next(train_iter)
+      state, out = train_step(state, batch)
+      step = int(state['step'])
+      loss = float(out['loss'])
+      if not math.isfinite(loss):
+        last = latest.latest_step()
+        where = (f'the last good checkpoint (step {last}) is in {workdir}/checkpoints'
+                 if last is not None else 'no checkpoint was written yet')
+        log.write('diverged', step=step, epoch=epoch + 1, loss=str(loss))
+        raise TrainingDiverged(f'training stopped: the loss became {loss} at step {step} '
+                               f'(epoch {epoch + 1}); {where}')
+      if step % config.log_every_steps == 0 or step == 1:
+        log.write('train', step=step, epoch=epoch + 1, wall_time=round(time.time() - wall0, 3),
+                  **_float_dict(out))
+      bar.set_postfix(loss=f'{loss:.4f}', lr=f'{float(out["lr"]):.2e}')
+    bar.close()
+    done = epoch + 1
+    if done % config.eval_every_epochs == 0 or done == config.num_epochs:
+      val = evaluate_source(predict, *split_variables(state['variables']), dataset.val, mean,
+                            std, desc='val', progress=progress)
+      log.write('val', step=int(state['step']), epoch=done,
+                wall_time=round(time.time() - wall0, 3), **val)
+      logging.info('epoch %d: val mIoU %.4f nIoU %.4f Pd %.4f Fa %.2fe-6', done, val['miou'],
+                   val['niou'], val['pd'], val['fa_e6'])
+      if val['miou'] > meta['best_miou']:
+        meta.update(best_miou=val['miou'], best_epoch=done)
+        save_best(done, val)
+      plot_curves(log.read(), os.path.join(workdir, 'curves.png'))
+    save_latest(done)
+  latest.wait_until_finished()
+
+  # Test the best checkpoint (paper 4.1).
+  run = load_run(workdir)
+  best_meta = best.restore(best.latest_step(), args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))['meta']
+  test = evaluate_source(predict, run.params, run.model_state, dataset.test, mean, std,
+                         desc='test', progress=progress)
+  results = {
+      'best_epoch': best_meta['epoch'],
+      'val': best_meta['val'],
+      'test': test,
+      'baselines': {'tophat': _baseline(dataset)} if config.tophat_baseline else {},
+      'params': model_lib.count_params(run.params),
+      'steps': int(state['step']),
+      'train_wall_time_s': round(meta['wall_time'], 1),
+      'num_images': {'train': len(dataset.train), 'val': len(dataset.val),
+                     'test': len(dataset.test)},
+      'normalisation': {'mean': mean, 'std': std},
+      'dataset': {'name': dataset.name, 'layout': dataset.layout},
+  }
+  log.write('test', step=int(state['step']), epoch=best_meta['epoch'], **test)
+  plot_curves(log.read(), os.path.join(workdir, 'curves.png'))
+  tmp = os.path.join(workdir, 'results.json.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, os.path.join(workdir, 'results.json'))
+  logging.info('done in %.1f s: test mIoU %.4f (best epoch %d)', time.time() - t_start,
+               test['miou'], best_meta['epoch'])
+  return results
