@@ -1,9 +1,22 @@
 """The embedded default: Limi-Net on a synthetic infrared small-target dataset.
 
-No download: the images (realistic clutter, 1-4 small targets each) are generated from
-``data.split_seed`` on first use. Finishes in minutes on a 2-core CPU.
+No download: 600 images of 128x128 (realistic clutter, 1-4 small targets each) are
+generated from ``data.split_seed`` on first use, split 8:2 at random, and 20 % of the
+training split is held out for validation. About 7 minutes on a 2-core CPU.
 
     python -m limijax.main --config=configs/synthetic.py --workdir=workdirs/synthetic
+
+What differs from the paper's settings, and why:
+
+* ``data.image_size = 64``: training crops of 64x64 cost a quarter of full 128x128
+  images, so a CPU runs four times as many steps in the same minutes; evaluation still
+  runs on whole images.
+* ``num_epochs = 50``: the cosine (period 10 epochs) ends at its minimum, as at epoch 300.
+* ``data.its.enabled = False``: ITS paints bright, sharp-rimmed discs and polygons and
+  calls them targets, while this dataset's clutter is made of exactly such shapes
+  (labelled background) so that a top-hat detector cannot tell them from the smooth
+  Gaussian targets. The two contradict each other: with ITS the same run scores clearly
+  lower (README, Results). On the real datasets ITS stays on, as in the paper.
 """
 
 from limijax.defaults import base_config
@@ -15,8 +28,9 @@ def get_config():
   c.data.split = 'random'
   c.data.num_images = 600
   c.data.synthetic_size = 128
-  c.data.image_size = 128
-  c.num_epochs = 30
+  c.data.image_size = 64
+  c.data.its.enabled = False
+  c.num_epochs = 50
   c.batch_size = 10
   c.eval_every_epochs = 2
   return c

@@ -50,7 +50,9 @@ def _data_dir(tmp_path_factory) -> str:
 
 
 def main_args(workdir, data_dir, **extra):
-  overrides = {**OVERRIDES, 'data.synthetic_size': 32, 'data.data_dir': data_dir, **extra}
+  # ITS on (the synthetic config turns it off), so that resume covers its random draws too.
+  overrides = {**OVERRIDES, 'data.synthetic_size': 32, 'data.data_dir': data_dir,
+               'data.its.enabled': True, **extra}
   return [sys.executable, '-m', 'limijax.main', f'--config={CONFIG}', f'--workdir={workdir}',
           *(f'--config.{k}={v}' for k, v in overrides.items()), '--progress=false']
 

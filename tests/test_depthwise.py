@@ -108,7 +108,8 @@ def test_whole_model_same_for_every_impl():
       final, sides = m.apply({'params': params}, x, train=True)
       return jnp.mean((jax.nn.sigmoid(final) - y) ** 2) + sum(jnp.mean(s) for s in sides), final
 
-    (_, out), grads = jax.value_and_grad(loss, has_aux=True)(variables['params'])
+    # jitted: op-by-op execution of the whole model is several times slower to run
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
     results[impl] = (out, grads)
   for impl in ('shift',):
     np.testing.assert_allclose(results[impl][0], results['grouped'][0], atol=1e-5)

@@ -91,10 +91,11 @@ def test_inference_does_not_use_side_heads(default_vars):
   x = jax.random.normal(jax.random.PRNGKey(3), (1, 32, 32, 1))
   params = dict(default_vars['params'])
   inference_only = {k: v for k, v in params.items() if not k.startswith('side')}
-  a = m.apply({'params': params}, x, train=False)
-  b = m.apply({'params': inference_only}, x, train=False)  # would fail if sides were read
+  infer = jax.jit(lambda p: m.apply({'params': p}, x, train=False))
+  a = infer(params)
+  b = infer(inference_only)  # would fail if sides were read
   np.testing.assert_array_equal(a, b)
-  final, _ = m.apply({'params': params}, x, train=True)
+  final, _ = jax.jit(lambda p: m.apply({'params': p}, x, train=True))(params)
   np.testing.assert_allclose(final, a, atol=1e-6)  # GroupNorm: train and eval agree
 
 
@@ -102,13 +103,14 @@ def test_batchnorm_stem_updates_stats_in_training_and_uses_them_in_eval():
   m = model_lib.LimiNet(stem='dsconv_bn')
   variables = model_lib.init(m, jax.random.PRNGKey(4))
   x = 3.0 + jax.random.normal(jax.random.PRNGKey(5), (4, 32, 32, 1))
-  _, updates = m.apply(variables, x, train=True, mutable=['batch_stats'])
+  _, updates = jax.jit(lambda v: m.apply(v, x, train=True, mutable=['batch_stats']))(variables)
   before = variables['batch_stats']['stem_dsconv_bn']['bn']['mean']
   after = updates['batch_stats']['stem_dsconv_bn']['bn']['mean']
   assert not np.allclose(before, after)
   # eval: an image's output does not depend on the rest of the batch
-  one = m.apply(variables, x[:1], train=False)
-  many = m.apply(variables, x, train=False)[:1]
+  infer = jax.jit(lambda v, x: m.apply(v, x, train=False))
+  one = infer(variables, x[:1])
+  many = infer(variables, x)[:1]
   np.testing.assert_allclose(one, many, rtol=1e-5, atol=1e-4)
 
 

@@ -82,7 +82,7 @@ def test_targets_brighter_than_their_surroundings(scenes):
   contrasts = np.array(contrasts)
   assert np.mean(contrasts > 0) > 0.9
   assert np.median(contrasts) > 10  # grey levels: most targets are clearly visible
-  assert np.mean(contrasts < 15) > 0.05  # ...and some are dim
+  assert np.mean(contrasts < 30) > 0.05  # ...and some are dim (one in ten by design)
 
 
 def test_bad_arguments_name_the_key():

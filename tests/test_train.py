@@ -32,7 +32,7 @@ def _synthetic_config(data_dir, **overrides):
   values = {'seed': 1, 'data.root': '/unused/by/synthetic', 'data.split_seed': 1,
             'num_epochs': 3, 'batch_size': 4, 'eval_every_epochs': 1,
             'data.image_size': 32, 'data.num_images': 50, 'data.synthetic_size': 32,
-            'data.data_dir': data_dir, **overrides}
+            'data.its.enabled': True, 'data.data_dir': data_dir, **overrides}
   for key, value in values.items():
     *parents, leaf = key.split('.')
     node = config
