@@ -76,6 +76,16 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def config_from_file(path: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of another config file, so that a variant (an ablation) starts
+  from its base experiment's file instead of repeating its settings."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('limijax_base_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def _fail(key: str, msg: str):
   from limijax.errors import UserError  # pylint: disable=g-import-not-at-top
   raise UserError(f'config key {key}: {msg}')

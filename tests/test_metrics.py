@@ -260,7 +260,7 @@ def test_merge_equals_single_accumulation():
 
 
 def _reference_pd_fa(pred, gt):
-  """The reference procedure, transcribed loop for loop with skimage's regionprops."""
+  """The field's matching procedure restated independently, with skimage's regionprops."""
   pred_regions = list(measure.regionprops(measure.label(pred, connectivity=2)))
   gt_regions = measure.regionprops(measure.label(gt, connectivity=2))
   matched_pixels = np.zeros(pred.shape, dtype=bool)
@@ -275,7 +275,7 @@ def _reference_pd_fa(pred, gt):
   return len(gt_regions), hits, int(pred.sum() - matched_pixels.sum())
 
 
-def test_agrees_with_a_transcription_of_the_reference_loop():
+def test_agrees_with_an_independent_regionprops_version():
   pairs = _random_pairs(40, seed=1)
   targets = hits = fa_pixels = 0
   for pred, gt in pairs:

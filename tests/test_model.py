@@ -143,13 +143,28 @@ def test_from_config_builds_each_ablation_config():
   import importlib.util
   import pathlib
   root = pathlib.Path(__file__).resolve().parents[1] / 'configs'
-  seen = {}
+  seen, configs = {}, {}
   for path in sorted(itertools.chain(root.glob('*.py'), (root / 'ablations').glob('*.py'))):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cfg = defaults.checked(mod.get_config())
+    configs[path.stem] = cfg
     seen[path.stem] = model_lib.from_config(cfg)
+
+  def flat(d, prefix=''):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+    return out
+
+  # Each Table 2 row is configs/irstd1k.py with exactly one switch changed.
+  base = flat(configs['irstd1k'].to_dict())
+  switched = {'no_its': 'data.its.enabled', 'no_ses': 'model.stem', 'no_lmb': 'model.block',
+              'no_huf': 'model.upsampler', 'no_c2f': 'model.head'}
+  for name, key in switched.items():
+    other = flat(configs[name].to_dict())
+    assert [k for k in base if base[k] != other[k]] == [key], name
   assert seen['no_ses'].stem == 'dsconv_bn' and seen['no_lmb'].block == 'residual'
   assert seen['no_huf'].upsampler == 'bilinear' and seen['no_c2f'].head == 'fpn'
   assert seen['irstd1k'] == model_lib.LimiNet()

@@ -5,13 +5,12 @@ IRSTD-1k based, all else as configs/irstd1k.py.
         --config.data.root=/path/to/IRSTD-1k --workdir=workdirs/no_its
 """
 
-from limijax.defaults import base_config
+import os
+
+from limijax.defaults import config_from_file
 
 
 def get_config():
-  c = base_config()
-  c.data.name = 'irstd1k'
-  c.data.split = 'standard'
-  c.data.image_size = 512
+  c = config_from_file(os.path.join(os.path.dirname(__file__), os.pardir, 'irstd1k.py'))
   c.data.its.enabled = False
   return c
