@@ -9,7 +9,7 @@ from absl import flags  # noqa: E402
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
 
-# One persistent compilation cache for the whole session, shared with the subprocesses
+# One persistent compilation cache per test process, shared with the subprocesses
 # the CLI tests start: the same model compiled twice is read back instead of rebuilt.
 import tempfile  # noqa: E402
 

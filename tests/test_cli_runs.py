@@ -43,7 +43,7 @@ OVERRIDES = {
 
 def _data_dir(tmp_path_factory) -> str:
   # The same folder for every test module (tests/test_train.py uses it too), so the
-  # synthetic images are generated and prepared once per session.
+  # synthetic images are generated and prepared once per test process.
   path = tmp_path_factory.getbasetemp() / 'limijax-data'
   path.mkdir(exist_ok=True)
   return str(path)

@@ -45,7 +45,7 @@ def _synthetic_config(data_dir, **overrides):
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  # The folder tests/test_cli_runs.py uses: the data are generated once per session.
+  # The folder tests/test_cli_runs.py uses: the data are generated once per test process.
   path = tmp_path_factory.getbasetemp() / 'limijax-data'
   path.mkdir(exist_ok=True)
   return str(path)
