@@ -5,7 +5,6 @@ tests/test_cli_runs.py; the run here uses the same tiny config, so the compiled 
 step comes from the shared persistent compilation cache.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -23,11 +22,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _synthetic_config(data_dir, **overrides):
-  spec = importlib.util.spec_from_file_location('synthetic_config',
-                                                REPO / 'configs' / 'synthetic.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = defaults.config_from_file(str(REPO / 'configs' / 'synthetic.py'))
   # Same values as tests/test_cli_runs.py's tiny run, so compiled programs are shared.
   values = {'seed': 1, 'data.root': '/unused/by/synthetic', 'data.split_seed': 1,
             'num_epochs': 3, 'batch_size': 4, 'eval_every_epochs': 1,
