@@ -75,7 +75,7 @@ def bench_train_step(impl: str, batch_size: int, size: int, repeats: int) -> dic
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.standard_normal((batch_size, size, size, 1)), jnp.float32),
            'mask': jnp.asarray(rng.random((batch_size, size, size, 1)) < 0.01, jnp.float32)}
-  state = train.init_state(model, tx, 0)
+  state = train.init_state(model, tx, train.seed_key(0))
   t0 = time.perf_counter()
   state, out = step(state, batch)
   _block(out['loss'])

@@ -18,7 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
   # --- data ---------------------------------------------------------------
   c.data = d = ml_collections.ConfigDict()
   d.name = 'synthetic'  # synthetic | nudt | irstd1k | nuaa | folder
-  d.root = ''  # dataset folder on disk (layout detected); unused by synthetic
+  d.root = ''  # dataset folder on disk (layout detected); configs set datasets/<its folder>
   d.data_dir = ''  # where prepared (TFDS array_record) data goes; '' = ~/.cache/limijax/tfds
   d.split = 'standard'  # standard (the dataset's split files) | random (paper's 8:2)
   d.split_seed = 0  # seeds the random split and the validation hold-out; not `seed`
@@ -29,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.num_images = 600  # synthetic only: images generated in all
   d.synthetic_size = 128  # synthetic only: side of each generated image
   d.crop_target_prob = 0.5  # P(training crop is forced to contain a target)
+  d.flips = True  # random horizontal/vertical flips and transposes of training crops
   d.num_workers = 0  # Grain worker processes for training (0 = in process)
   d.its = ml_collections.ConfigDict()
   d.its.enabled = True  # paper 3.2; False = the "w/o ITS" ablation
@@ -42,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   # --- model --------------------------------------------------------------
   c.model = m = ml_collections.ConfigDict()
   m.channels = (8, 16, 32, 32)  # LMB output channels (paper 3.3)
-  m.stem_channels = 8
+  m.stem_channels = 4  # SES's first standard conv (paper 3.2); its DSConv raises to channels[0]
   m.stem = 'ses'  # ses | dsconv_bn  ("w/o SES")
   m.block = 'lmb'  # lmb | residual  ("w/o LMB")
   m.upsampler = 'huf'  # huf | bilinear  ("w/o HUF")
@@ -71,8 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   # --- evaluation and logging ---------------------------------------------
   c.eval_every_epochs = 1
   c.log_every_steps = 10
-  c.checkpoint_every_epochs = 1
-  c.tophat_baseline = True
+  c.tophat_baseline = True  # also score a white top-hat on the test images (the floor)
   return c
 
 
@@ -86,15 +86,75 @@ def config_from_file(path: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def _fail(key: str, msg: str):
-  from limijax.errors import UserError  # pylint: disable=g-import-not-at-top
-  raise UserError(f'config key {key}: {msg}')
+def _int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_run_keys(config) -> None:
+  """The keys that the training loop, the schedule and the data pipeline read."""
+  from limijax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  for key in ('num_seeds', 'num_epochs', 'batch_size', 'eval_every_epochs', 'log_every_steps',
+              'cosine_period_epochs'):
+    if not (_int(config[key]) and config[key] > 0):
+      raise ConfigError(key, f'must be a positive integer, got {config[key]!r}')
+  if config.num_seeds != 1:
+    raise ConfigError('num_seeds', 'training several seeds in one process is not available '
+                      'yet; use launch/seeds.sh (one process per seed)')
+  if not _int(config.seed):
+    raise ConfigError('seed', f'must be an integer, got {config.seed!r}')
+  if not config.learning_rate > 0:
+    raise ConfigError('learning_rate', f'must be > 0, got {config.learning_rate}')
+  if not 0 <= config.min_learning_rate <= config.learning_rate:
+    raise ConfigError('min_learning_rate', f'must be in [0, learning_rate '
+                      f'({config.learning_rate})], got {config.min_learning_rate}')
+  if not config.weight_decay >= 0:
+    raise ConfigError('weight_decay', f'must be >= 0, got {config.weight_decay}')
+  if not (_int(config.warmup_steps) and config.warmup_steps >= 0):
+    raise ConfigError('warmup_steps', f'must be an integer >= 0, got {config.warmup_steps!r}')
+  if not 0 < config.warmup_start_factor <= 1:
+    raise ConfigError('warmup_start_factor', f'must be in (0, 1], got '
+                      f'{config.warmup_start_factor}')
+
+
+def _check_data_keys(d) -> None:
+  from limijax import data, its, model, synthetic  # pylint: disable=g-import-not-at-top
+  from limijax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  for key, allowed in (('name', data.NAMES), ('split', data.SPLITS)):
+    if d[key] not in allowed:
+      raise ConfigError(f'data.{key}', f'must be one of {", ".join(allowed)}; got {d[key]!r}')
+  if not (_int(d.split_seed) and d.split_seed >= 0):
+    raise ConfigError('data.split_seed', f'must be an integer >= 0, got {d.split_seed!r}')
+  for key in ('val_fraction', 'test_fraction'):
+    if not 0.0 < d[key] < 1.0:
+      raise ConfigError(f'data.{key}', f'must lie strictly between 0 and 1, got {d[key]}')
+  if not (_int(d.image_size) and d.image_size > 0 and d.image_size % model.STRIDE == 0):
+    raise ConfigError('data.image_size', f'must be a positive multiple of {model.STRIDE}, '
+                      f'got {d.image_size!r}')
+  if d.in_channels != 1:
+    raise ConfigError('data.in_channels', f'must be 1 (images are read as grey), got '
+                      f'{d.in_channels!r}')
+  if not (_int(d.num_images) and d.num_images > 0):
+    raise ConfigError('data.num_images', f'must be a positive integer, got {d.num_images!r}')
+  if not (_int(d.synthetic_size) and d.synthetic_size >= synthetic.MIN_SIZE):
+    raise ConfigError('data.synthetic_size', f'must be an integer >= {synthetic.MIN_SIZE}, '
+                      f'got {d.synthetic_size!r}')
+  if not 0.0 <= d.crop_target_prob <= 1.0:
+    raise ConfigError('data.crop_target_prob', f'must be in [0, 1], got {d.crop_target_prob}')
+  if not (_int(d.num_workers) and d.num_workers >= 0):
+    raise ConfigError('data.num_workers', f'must be an integer >= 0, got {d.num_workers!r}')
+  if not isinstance(d.flips, bool):
+    raise ConfigError('data.flips', f'must be True or False, got {d.flips!r}')
+  its.ITSConfig.from_any(d.its)  # checks every data.its key
 
 
 def checked(config) -> ml_collections.ConfigDict:
-  """Return ``config`` after checking the keys a run relies on; a bad value raises a
-  UserError naming the key. Also turns a config file that failed to load (ml_collections
+  """Return ``config`` after checking every key a run reads; the first bad value raises a
+  :class:`~limijax.errors.ConfigError` naming the key. Commands call this before they
+  write anything. The allowed values of each key live in the module that uses them
+  (``model.STEMS``, ``depthwise.IMPLS``, ``data.SPLITS``, ``its.ITSConfig.check``,
+  ``losses.check_config``). Also turns a config file that failed to load (ml_collections
   defers that error to the first access) into one clear line."""
+  from limijax import losses, model  # pylint: disable=g-import-not-at-top
   from limijax.errors import UserError  # pylint: disable=g-import-not-at-top
   if config is None:
     raise UserError('--config is required, e.g. --config=configs/synthetic.py')
@@ -103,24 +163,8 @@ def checked(config) -> ml_collections.ConfigDict:
   except OSError as e:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     raise UserError('could not load the config file: ' + ' '.join(lines[-2:])) from None
-  m, d = config.model, config.data
-  if len(tuple(m.channels)) != 4 or not all(isinstance(c, int) and c > 0 for c in m.channels):
-    _fail('model.channels', f'needs four positive integers, got {m.channels!r}')
-  for key, value, allowed in (
-      ('model.stem', m.stem, ('ses', 'dsconv_bn')), ('model.block', m.block, ('lmb', 'residual')),
-      ('model.upsampler', m.upsampler, ('huf', 'bilinear')), ('model.head', m.head, ('c2f', 'fpn')),
-      ('model.depthwise', m.depthwise, ('auto', 'grouped', 'shift')),
-      ('data.split', d.split, ('standard', 'random'))):
-    if value not in allowed:
-      _fail(key, f'must be one of {allowed}, got {value!r}')
-  if d.image_size <= 0 or d.image_size % 16:
-    _fail('data.image_size', f'must be a positive multiple of 16, got {d.image_size}')
-  for key in ('num_epochs', 'batch_size', 'eval_every_epochs', 'num_seeds'):
-    if config[key] <= 0:
-      _fail(key, f'must be positive, got {config[key]}')
-  for key in ('val_fraction', 'test_fraction'):
-    if not 0.0 < d[key] < 1.0:
-      _fail(f'data.{key}', f'must lie strictly between 0 and 1, got {d[key]}')
-  if len(tuple(config.loss.side_alphas)) != 4:
-    _fail('loss.side_alphas', f'needs four values (x8, x4, x2, x1), got {config.loss.side_alphas!r}')
+  _check_run_keys(config)
+  _check_data_keys(config.data)
+  model.check_config(config.model)
+  losses.check_config(config.loss)
   return config

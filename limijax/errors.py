@@ -16,6 +16,14 @@ class UserError(Exception):
   """A mistake in the user's input, config or files; the message names it."""
 
 
+class ConfigError(UserError, ValueError):
+  """A config key with a value it cannot take; the message names the key."""
+
+  def __init__(self, key: str, message: str):
+    super().__init__(f'config key {key}: {message}')
+    self.key = key
+
+
 def fail(message: str) -> None:
   """Print one line on stderr and exit with status 2."""
   line = ' '.join(str(message).split())  # one line, whatever the message held

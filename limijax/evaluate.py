@@ -11,7 +11,9 @@ Score saved predictions against ground-truth masks::
 In the second form every mask in ``M`` (``.png`` or ``.bmp``) needs a prediction
 ``P/<same stem>.png``. Prediction grey values 0..255 are read as probabilities
 ``value / 255`` and a pixel is a target when that is ``> threshold``; colour PNGs are
-converted to grey first. Masks are binarised with ``value > 127``. For NUAA-SIRST, whose
+converted to grey first; a 16-bit prediction is refused. Masks are read by
+:mod:`limijax.image_io`: binarised at ``> 127``, a 0/1 label image kept as it is, and one
+warning line counts the masks holding values other than 0 and 255. For NUAA-SIRST, whose
 masks are named ``Misc_N_pixels0``, a prediction named after the image (``Misc_N.png``)
 is accepted too. Predictions must have the mask's size: metrics are computed at the
 original resolution, never after a resize.
@@ -30,28 +32,31 @@ from typing import Sequence
 from absl import app
 from absl import flags
 import numpy as np
-from PIL import Image
 import tqdm
 
+from limijax import image_io
 from limijax import metrics
 from limijax.errors import UserError
 from limijax.errors import cli_main
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run folder whose best checkpoint to score.')
-_SPLIT = flags.DEFINE_enum('split', 'test', ['test', 'val'], 'Split to score (--workdir).')
-_PRED_DIR = flags.DEFINE_string(
-    'pred_dir', None, 'Folder of predicted probability PNGs, same stems as the masks.')
-_MASK_DIR = flags.DEFINE_string('mask_dir', None, 'Folder of ground-truth masks (.png/.bmp).')
-_THRESHOLD = flags.DEFINE_float(
-    'threshold', 0.5, 'A prediction pixel is a target when value/255 > threshold.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program (see the end of this file): library code that
+  # imports this module must not gain these flags, some of whose names other commands use.
+  flags.DEFINE_string('workdir', None, 'Run folder whose best checkpoint to score.')
+  flags.DEFINE_enum('split', 'test', ['test', 'val'], 'Split to score (--workdir).')
+  flags.DEFINE_string(
+      'pred_dir', None, 'Folder of predicted probability PNGs, same stems as the masks.')
+  flags.DEFINE_string('mask_dir', None, 'Folder of ground-truth masks (.png/.bmp).')
+  flags.DEFINE_float(
+      'threshold', 0.5, 'A prediction pixel is a target when value/255 > threshold.')
 
 _MASK_SUFFIXES = ('.png', '.bmp')
 _PRED_SUFFIX = '.png'
 # NUAA-SIRST names its masks after the image plus this suffix.
 _NUAA_MASK_SUFFIX = '_pixels0'
-# Modes whose values are not on the 0..255 scale; converting them to 'L' would clip
-# (16-bit) or truncate (float) the values, so they are refused rather than guessed at.
-_NOT_8_BIT = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
 
 
 def _list(folder: str, suffixes: Sequence[str], what: str) -> dict[str, str]:
@@ -68,34 +73,6 @@ def _list(folder: str, suffixes: Sequence[str], what: str) -> dict[str, str]:
       raise UserError(f'two {what} files share the stem {stem!r}: {found[stem]} and {path}')
     found[stem] = path
   return found
-
-
-def _open_checked(path: str) -> Image.Image:
-  """Open an image file, turning every way it can be unusable into a UserError."""
-  try:
-    image = Image.open(path)
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise UserError(f'cannot read image {path}: {e}') from None
-  if image.mode in _NOT_8_BIT:
-    image.close()
-    raise UserError(f'{path} is not an 8-bit image (mode {image.mode}); save it as 8-bit')
-  return image
-
-
-def _size(path: str) -> tuple[int, int]:
-  """(width, height) from the file's header, without decoding the pixels."""
-  with _open_checked(path) as image:
-    return image.size
-
-
-def _read_grey(path: str) -> np.ndarray:
-  """The image as 8-bit grey (H, W); colour is converted with PIL's luma weights."""
-  with _open_checked(path) as image:
-    try:
-      grey = image if image.mode == 'L' else image.convert('L')
-      return np.asarray(grey, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
-      raise UserError(f'cannot read image {path}: {e}') from None
 
 
 def _pair(pred_dir: str, mask_dir: str) -> list[tuple[str, str]]:
@@ -124,7 +101,8 @@ def _pair(pred_dir: str, mask_dir: str) -> list[tuple[str, str]]:
           file=sys.stderr)
   # Sizes come from the headers, so a mismatch stops the run before the scoring starts.
   for pred_path, mask_path in pairs:
-    pred_size, mask_size = _size(pred_path), _size(mask_path)
+    pred_size = image_io.image_size(pred_path, 'prediction', stretch_16bit=False)
+    mask_size = image_io.image_size(mask_path, 'mask')
     if pred_size != mask_size:
       raise UserError(
           f'size mismatch: prediction {pred_path} is {pred_size[0]}x{pred_size[1]} '
@@ -140,21 +118,27 @@ def evaluate_folders(pred_dir: str, mask_dir: str, threshold: float = 0.5,
     raise UserError(f'--threshold must lie in [0, 1], got {threshold}')
   pairs = _pair(pred_dir, mask_dir)
   acc = metrics.MetricAccumulator()
+  non_binary = 0  # masks holding values other than 0 and 255: one warning at the end
   with tqdm.tqdm(pairs, desc='scoring', unit='img', file=sys.stderr,
                  disable=not progress) as bar:
     for pred_path, mask_path in bar:
-      prob = _read_grey(pred_path).astype(np.float64) / 255.0
-      gt = metrics.binarize_mask(_read_grey(mask_path))
+      pred = image_io.read_image(pred_path, 'prediction', stretch_16bit=False)
+      prob = pred.astype(np.float64) / 255.0
+      mask, odd = image_io.read_mask_info(mask_path)
+      gt = mask.astype(bool)
+      non_binary += odd
       if prob.shape != gt.shape:  # header said otherwise; the decoder is the authority
         raise UserError(f'size mismatch: prediction {pred_path} {prob.shape} '
                         f'vs mask {mask_path} {gt.shape}')
       acc.update(metrics.binarize_probabilities(prob, threshold), gt)
+  if non_binary:
+    print(f'warning: {image_io.non_binary_mask_warning(non_binary, len(pairs))}',
+          file=sys.stderr, flush=True)
   return acc.result()
 
 
 def _print_metrics(result: dict) -> None:
-  print(f"mIoU {result['miou']:.4f}  nIoU {result['niou']:.4f}  Pd {result['pd']:.4f}  "
-        f"Fa {result['fa_e6']:.2f}e-6  ({result['num_images']} images, "
+  print(f"{metrics.format_metrics(result)}  ({result['num_images']} images, "
         f"{result['num_targets']} targets)")
   print(json.dumps(result), flush=True)  # last stdout line: what scripts parse
 
@@ -162,7 +146,7 @@ def _print_metrics(result: dict) -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
-  workdir, pred_dir, mask_dir = _WORKDIR.value, _PRED_DIR.value, _MASK_DIR.value
+  workdir, pred_dir, mask_dir = FLAGS.workdir, FLAGS.pred_dir, FLAGS.mask_dir
   folders_mode = pred_dir is not None or mask_dir is not None
   if workdir is not None and folders_mode:
     raise UserError('give either --workdir or --pred_dir/--mask_dir, not both')
@@ -171,11 +155,11 @@ def main(argv: Sequence[str]) -> None:
       raise UserError(f'workdir not found: {workdir}')
     # Imported here so that scoring saved predictions never loads JAX or the model.
     from limijax import train  # pylint: disable=g-import-not-at-top
-    result = train.evaluate_workdir(workdir, _SPLIT.value)
+    result = train.evaluate_workdir(workdir, FLAGS.split)
   elif folders_mode:
     if pred_dir is None or mask_dir is None:
       raise UserError('--pred_dir and --mask_dir must be given together')
-    result = evaluate_folders(pred_dir, mask_dir, _THRESHOLD.value)
+    result = evaluate_folders(pred_dir, mask_dir, FLAGS.threshold)
   else:
     raise UserError('nothing to evaluate: give --workdir=DIR, or --pred_dir=P and '
                     '--mask_dir=M')
@@ -183,4 +167,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(cli_main(main))

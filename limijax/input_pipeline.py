@@ -128,10 +128,14 @@ def random_flips(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
 
 
 class CropAndFlip(grain.transforms.RandomMap):
-  """Random (target-seeking) crop, then flips and transpose; keeps image and mask only."""
+  """Random (target-seeking) crop, then (with ``flips``) flips and transpose; keeps image
+  and mask only. ``flips=False`` (``data.flips``) is for a strict replication of the
+  paper, which names no augmentation but ITS."""
 
-  def __init__(self, size: int, crop_target_prob: float, pad_value: float):
+  def __init__(self, size: int, crop_target_prob: float, pad_value: float,
+               flips: bool = True):
     self.size = int(size)
+    self.flips = bool(flips)
     self.crop_target_prob = float(crop_target_prob)
     self.pad_value = float(pad_value)
 
@@ -139,7 +143,8 @@ class CropAndFlip(grain.transforms.RandomMap):
     image, mask = random_crop(
         _plane(element['image']), _plane(element['mask']), self.size, rng,
         crop_target_prob=self.crop_target_prob, pad_value=self.pad_value)
-    image, mask = random_flips(image, mask, rng)
+    if self.flips:
+      image, mask = random_flips(image, mask, rng)
     return {'image': image, 'mask': mask}
 
 
@@ -161,11 +166,11 @@ def _check_stats(mean: float, std: float) -> None:
 
 
 def _augmented(source, *, image_size: int, mean: float, seed: int,
-               crop_target_prob: float) -> grain.MapDataset:
+               crop_target_prob: float, flips: bool = True) -> grain.MapDataset:
   """Shuffled, cropped and flipped samples (before ITS) on the 0..255 scale."""
   ds = grain.MapDataset.source(source).shuffle(seed=_sub_seed(seed, _SHUFFLE))
   # The pad value is the mean grey, so padding is zero after normalisation.
-  return ds.random_map(CropAndFlip(image_size, crop_target_prob, mean),
+  return ds.random_map(CropAndFlip(image_size, crop_target_prob, mean, flips),
                        seed=_sub_seed(seed, _CROP))
 
 
@@ -175,7 +180,7 @@ def _with_its(ds: grain.MapDataset, seed: int, its_cfg: Any) -> grain.MapDataset
 
 def make_train_iter(source, *, image_size: int, batch_size: int, mean: float,
                     std: float, seed: int, its_cfg: Any,
-                    crop_target_prob: float = 0.5,
+                    crop_target_prob: float = 0.5, flips: bool = True,
                     num_workers: int = 0) -> grain.DatasetIterator:
   """An endless iterator of training batches.
 
@@ -190,7 +195,7 @@ def make_train_iter(source, *, image_size: int, batch_size: int, mean: float,
     raise UserError(f'batch_size={batch_size} is larger than the {n} training images')
   _check_stats(mean, std)
   ds = _augmented(source, image_size=image_size, mean=mean, seed=seed,
-                  crop_target_prob=crop_target_prob)
+                  crop_target_prob=crop_target_prob, flips=flips)
   ds = _with_its(ds, seed, its_cfg).map(Normalise(mean, std))
   # batch() before repeat(): each epoch is batched on its own (see module docstring).
   ds = ds.batch(batch_size, drop_remainder=True).repeat()

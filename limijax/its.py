@@ -12,8 +12,10 @@ paper, each pseudo target:
   background is already near 255, where it is clipped).
 
 :func:`add_pseudo_targets` is the pure numpy operation; :class:`ITS` wraps it as a Grain
-``RandomMap`` so that, placed after a seeded shuffle and ``repeat``, a training sample's
-pseudo targets depend only on (seed, epoch, position in the epoch).
+``RandomMap``. :mod:`limijax.input_pipeline` places it after the seeded shuffle and the
+crop/flip and before normalisation, ``batch`` and the final ``repeat``; since ``repeat``
+hands the stages before it the global sample index, a training sample's pseudo targets
+depend only on (seed, epoch, position in the epoch).
 
 The paper gives no distributions; ours are: shape uniform over the three kinds; radius
 uniform in [min_size, max_size] (points 0.5 to min(min_size, 1.5) px); polygons with
@@ -28,6 +30,8 @@ from typing import Any, Mapping
 import grain
 import numpy as np
 from scipy import ndimage
+
+from limijax.errors import ConfigError
 
 SHAPES = ('point', 'circle', 'polygon')
 
@@ -67,16 +71,21 @@ class ITSConfig:
     return out
 
   def check(self) -> None:
+    """Raise :class:`ConfigError` naming the first ``data.its`` key out of its range."""
     if not 0.0 <= self.prob <= 1.0:
-      raise ValueError(f'data.its.prob must be in [0, 1], got {self.prob}')
-    if self.max_targets < 1:
-      raise ValueError(f'data.its.max_targets must be >= 1, got {self.max_targets}')
-    if not 0 < self.min_size <= self.max_size:
-      raise ValueError('data.its needs 0 < min_size <= max_size, got '
-                       f'{self.min_size}, {self.max_size}')
-    if not 0 <= self.min_contrast <= self.max_contrast:
-      raise ValueError('data.its needs 0 <= min_contrast <= max_contrast, got '
-                       f'{self.min_contrast}, {self.max_contrast}')
+      raise ConfigError('data.its.prob', f'must be in [0, 1], got {self.prob}')
+    if int(self.max_targets) != self.max_targets or self.max_targets < 1:
+      raise ConfigError('data.its.max_targets', f'must be an integer >= 1, got {self.max_targets}')
+    if not 0 < self.min_size:
+      raise ConfigError('data.its.min_size', f'must be > 0, got {self.min_size}')
+    if not self.min_size <= self.max_size:
+      raise ConfigError('data.its.max_size', f'must be >= data.its.min_size '
+                        f'({self.min_size}), got {self.max_size}')
+    if not 0 <= self.min_contrast <= 1:
+      raise ConfigError('data.its.min_contrast', f'must be in [0, 1], got {self.min_contrast}')
+    if not self.min_contrast <= self.max_contrast <= 1:
+      raise ConfigError('data.its.max_contrast', f'must be in [data.its.min_contrast '
+                        f'({self.min_contrast}), 1], got {self.max_contrast}')
 
 
 def _inside_polygon(ys: np.ndarray, xs: np.ndarray, vy: np.ndarray,

@@ -22,6 +22,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from limijax.errors import ConfigError
+
 
 def smooth_labels(y: jax.Array, alpha: float) -> jax.Array:
   """Eq. (1) for binary ``y``: alpha where y = 0, 1 - alpha where y = 1."""
@@ -67,3 +69,27 @@ def loss_from_config(final, sides, y, loss_cfg) -> tuple[jax.Array, dict]:
                   final_alpha=loss_cfg.final_alpha, weight_base=loss_cfg.weight_base,
                   lambda_sce=loss_cfg.lambda_sce, lambda_dice=loss_cfg.lambda_dice,
                   dice_eps=loss_cfg.dice_eps)
+
+
+def check_config(loss_cfg) -> None:
+  """Raise :class:`ConfigError` naming the first ``loss.*`` key out of its range.
+
+  Label smoothing alpha is the background label (eq. 2), so it must lie in [0, 0.5):
+  at 0.5 target and background become the same label.
+  """
+  alphas = tuple(loss_cfg.side_alphas)
+  if len(alphas) != 4:
+    raise ConfigError('loss.side_alphas', f'needs four values (x8, x4, x2, x1), got {alphas!r}')
+  for key, values in (('loss.side_alphas', alphas), ('loss.final_alpha', (loss_cfg.final_alpha,))):
+    if not all(0.0 <= a < 0.5 for a in values):
+      raise ConfigError(key, f'each alpha must be in [0, 0.5), got {values!r}')
+  if not loss_cfg.weight_base > 0:
+    raise ConfigError('loss.weight_base', f'must be > 0, got {loss_cfg.weight_base}')
+  for key in ('lambda_sce', 'lambda_dice'):
+    if not loss_cfg[key] >= 0:
+      raise ConfigError(f'loss.{key}', f'must be >= 0, got {loss_cfg[key]}')
+  if loss_cfg.lambda_sce + loss_cfg.lambda_dice <= 0:
+    raise ConfigError('loss.lambda_sce', 'loss.lambda_sce and loss.lambda_dice are both 0: '
+                      'nothing would be learned')
+  if not loss_cfg.dice_eps > 0:
+    raise ConfigError('loss.dice_eps', f'must be > 0, got {loss_cfg.dice_eps}')

@@ -1,7 +1,9 @@
-"""Train Limi-Net: ``python -m limijax.main --config=configs/<name>.py --workdir=DIR``.
+"""Train Limi-Net: ``python -m limijax.main --config=configs/<name>.py [--workdir=DIR]``.
 
-Re-running the same command on the same workdir resumes from the latest checkpoint.
-Any config key can be overridden with ``--config.KEY=VALUE``.
+``--workdir`` defaults to ``workdirs/<config file stem>`` (printed first). Re-running
+the same command on the same workdir resumes from the latest checkpoint. Any config key
+can be overridden with ``--config.KEY=VALUE``; every key is checked before anything is
+written.
 """
 
 from __future__ import annotations
@@ -17,10 +19,21 @@ from ml_collections import config_flags
 from limijax import defaults
 from limijax.errors import UserError, run
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder of this run (created if absent).')
-_PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Defined only when run as a command, so that every limijax module can be imported
+  # into one process (tests, notebooks) without clashing flag names.
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Folder of this run (created if absent); default '
+                      'workdirs/<config file stem>.')
+  flags.DEFINE_bool('progress', True, 'Show progress bars.')
+
+
+def default_workdir(config_path: str) -> str:
+  """``workdirs/<config file stem>``: ``configs/nudt.py`` -> ``workdirs/nudt``."""
+  return os.path.join('workdirs', os.path.splitext(os.path.basename(config_path))[0])
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -43,23 +56,23 @@ def _enable_compilation_cache() -> None:
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not _WORKDIR.value:
-    raise UserError('--workdir is required')
-  config = defaults.checked(_CONFIG.value)
+  config = defaults.checked(FLAGS.config)
+  workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS['config']))
+  print(f'workdir: {workdir}', flush=True)
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   _enable_compilation_cache()
   from limijax import train  # pylint: disable=g-import-not-at-top
-  results = train.train_and_evaluate(config, _WORKDIR.value, progress=_PROGRESS.value)
+  results = train.train_and_evaluate(config, workdir, progress=FLAGS.progress)
   t, b = results['test'], results['baselines'].get('tophat')
-  print(f'best epoch {results["best_epoch"]}; test mIoU {t["miou"]:.4f}  nIoU {t["niou"]:.4f}  '
-        f'Pd {t["pd"]:.4f}  Fa {t["fa_e6"]:.2f}e-6  ({t["num_images"]} images)')
+  from limijax.metrics import format_metrics as fmt  # pylint: disable=g-import-not-at-top
+  print(f'best epoch {results["best_epoch"]}; test {fmt(t)}  ({t["num_images"]} images)')
   if b:
-    print(f'top-hat baseline on the same images: mIoU {b["miou"]:.4f}  Pd {b["pd"]:.4f}  '
-          f'Fa {b["fa_e6"]:.2f}e-6')
-  print(f'wrote {os.path.join(_WORKDIR.value, "results.json")}')
+    print(f'top-hat baseline on the same images: {fmt(b, ("miou", "pd", "fa"))}')
+  print(f'wrote {os.path.join(workdir, "results.json")}')
   print(json.dumps({'test': t, 'tophat': b}))
 
 
 if __name__ == '__main__':
+  _define_flags()
   run(main)

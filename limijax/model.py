@@ -23,8 +23,10 @@ Decisions the paper leaves open (also listed in the README's model section):
   GroupNorm, not BatchNorm, also beyond the stem: the paper's reason for it in SES
   (small batches) holds for the whole network, and it makes training and inference
   compute the same function. The ``dsconv_bn`` ablation stem is the only BatchNorm.
-* SES: 3x3 conv 1 -> 8 + GN + ReLU, then depthwise 3x3 + pointwise 8 -> 8 + GN + ReLU,
-  then ECA.
+* SES (3.2: "a depth-wise separable convolution, supplemented by ECA, is then used ...
+  while increasing the number of channels to 8"): a standard 3x3 conv 1 -> 4
+  (``stem_channels``) + GN + ReLU, then depthwise 3x3 + pointwise 4 -> 8 (``channels[0]``)
+  + GN + ReLU, then ECA.
 * ECA: kernel ``k = t if t odd else t + 1`` with ``t = int(|log2(C) / 2 + 1 / 2|)``
   (ECA-Net's gamma = 2, b = 1; k = 3 for 8, 16 and 32 channels), zero padding, no bias.
 * LMB: 1x1 reduction to ``C_out / 2`` (bottleneck ratio 0.5) + GN + ReLU; two parallel
@@ -46,15 +48,17 @@ Decisions the paper leaves open (also listed in the README's model section):
 * Multi-scale head: the three FastUp outputs (4 channels each) concatenated with the
   final HUF feature (8 channels) -> SegmentHead.
 * SegmentHead: depthwise 3x3 + pointwise to 8 + GN + ReLU, then a 1x1 conv to one logit
-  (with bias). C2F side heads: a 1x1 conv to one logit on each FastUp output and on the
-  final HUF feature (training only).
+  (with bias). C2F side heads (3.4: "outputs from each HUF module are taken into
+  independent segment heads", Fig. 4c): a SegmentHead of its own on each FastUp output
+  and on the final HUF feature, training only (not computed, and not counted, at
+  inference).
 * Initialisation: He-normal (fan-in) for convolutions, zeros for biases, ones/zeros for
   norms; the final logit biases start at ``-log((1 - 0.01) / 0.01)`` so that the first
   predictions are background (targets are a tiny share of pixels).
 * Input channels: 1 (grey); NUDT-SIRST's RGB files carry a grey image and are read as one.
 
 Ablations (paper Table 2): ``stem='dsconv_bn'`` (w/o SES: depthwise-separable conv
-1 -> 8 + BatchNorm + ReLU), ``block='residual'`` (w/o LMB: plain residual blocks of two
+1 -> 8 + BatchNorm + ReLU, the stem's only normalisation; everything after it keeps GroupNorm), ``block='residual'`` (w/o LMB: plain residual blocks of two
 3x3 convolutions), ``upsampler='bilinear'`` (w/o HUF: bilinear x2 then a
 depthwise-separable conv, no DSTC stream) and ``head='fpn'`` (w/o C2F: the same
 multi-scale FPN-style head, no label-smoothed side supervision).
@@ -71,7 +75,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from limijax import depthwise
-from limijax.errors import UserError
+from limijax.errors import ConfigError, UserError
 
 STEMS = ('ses', 'dsconv_bn')
 BLOCKS = ('lmb', 'residual')
@@ -190,9 +194,10 @@ class ECA(nn.Module):
 
 
 class SES(nn.Module):
-  """Stability-Enhanced Stem (Fig. 3a): standard 3x3 conv + GroupNorm, then DSConv + ECA."""
+  """Stability-Enhanced Stem (Fig. 3a): standard 3x3 conv + GroupNorm to ``mid_features``,
+  then a DSConv raising the channels to ``features``, + GroupNorm, + ECA."""
   features: int = 8
-  mid_features: int = 8
+  mid_features: int = 4
   impl: str = 'auto'
 
   @nn.compact
@@ -313,7 +318,7 @@ class SegmentHead(nn.Module):
 class LimiNet(nn.Module):
   """Limi-Net: Lightweight Stable Encoder + Coarse-to-fine Hybrid Upsampling Decoder."""
   channels: Sequence[int] = (8, 16, 32, 32)
-  stem_channels: int = 8
+  stem_channels: int = 4  # SES's first (standard) conv; its DSConv raises to channels[0]
   in_channels: int = 1
   fastup_channels: int = 4
   head_channels: int = 8
@@ -343,9 +348,9 @@ class LimiNet(nn.Module):
     c1, c2, c3, c4 = self.channels
     # --- Lightweight Stable Encoder (3.3) ---
     if self.stem == 'ses':
-      e0 = SES(self.stem_channels, self.stem_channels, impl, name='ses')(x)
+      e0 = SES(c1, self.stem_channels, impl, name='ses')(x)
     else:
-      e0 = DSConvBNStem(self.stem_channels, impl, name='stem_dsconv_bn')(x, train)
+      e0 = DSConvBNStem(c1, impl, name='stem_dsconv_bn')(x, train)
     if self.block == 'lmb':
       blocks = [LMB(c, impl=impl, name=f'lmb{i + 1}') for i, c in enumerate(self.channels)]
     else:
@@ -359,7 +364,7 @@ class LimiNet(nn.Module):
     d3 = HUF(c3, hybrid, impl, name='huf1')(e4, e3)  # 1/8
     d2 = HUF(c2, hybrid, impl, name='huf2')(d3, e2)  # 1/4
     d1 = HUF(c1, hybrid, impl, name='huf3')(d2, e1)  # 1/2
-    d0 = HUF(self.stem_channels, hybrid, impl, name='huf4')(d1, e0)  # 1/1
+    d0 = HUF(c1, hybrid, impl, name='huf4')(d1, e0)  # 1/1
     fu = self.fastup_channels
     f3 = FastUp(8, fu, impl, name='fastup8')(d3)
     f2 = FastUp(4, fu, impl, name='fastup4')(d2)
@@ -370,11 +375,27 @@ class LimiNet(nn.Module):
       return final
     if self.head == 'fpn':
       return final, ()
-    # C2F side heads (training only): one logit per HUF output, coarsest first.
-    sides = tuple(
-        nn.Conv(1, (1, 1), kernel_init=conv_init, bias_init=nn.initializers.constant(PRIOR_BIAS),
-                name=f'side{i}')(f) for i, f in enumerate((f3, f2, f1, d0)))
+    # C2F side heads (3.4, Fig. 4c; training only): an independent SegmentHead on each
+    # HUF output brought to full resolution, coarsest (x8) first, the order of
+    # loss.side_alphas.
+    sides = tuple(SegmentHead(self.head_channels, impl, name=f'side{i}')(f)
+                  for i, f in enumerate((f3, f2, f1, d0)))
     return final, sides
+
+
+def check_config(model_cfg) -> None:
+  """Raise :class:`ConfigError` naming the first ``model.*`` key that cannot build a model."""
+  channels = tuple(model_cfg.channels)
+  if len(channels) != 4 or not all(isinstance(c, int) and c > 0 for c in channels):
+    raise ConfigError('model.channels', f'needs four positive integers, got {channels!r}')
+  if not (isinstance(model_cfg.stem_channels, int) and model_cfg.stem_channels > 0):
+    raise ConfigError('model.stem_channels', f'must be a positive integer, got '
+                      f'{model_cfg.stem_channels!r}')
+  for key, allowed in (('stem', STEMS), ('block', BLOCKS), ('upsampler', UPSAMPLERS),
+                       ('head', HEADS), ('depthwise', depthwise.IMPLS)):
+    if model_cfg[key] not in allowed:
+      raise ConfigError(f'model.{key}', f'must be one of {", ".join(allowed)}; '
+                        f'got {model_cfg[key]!r}')
 
 
 def from_config(config, in_channels: int | None = None) -> LimiNet:
@@ -395,3 +416,8 @@ def init(model: LimiNet, rng: jax.Array, size: int = 32) -> dict:
 
 def count_params(params) -> int:
   return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))
+
+
+def inference_params(params) -> dict:
+  """``params`` without the training-only C2F side heads (``side0`` ... ``side3``)."""
+  return {k: v for k, v in params.items() if not k.startswith('side')}

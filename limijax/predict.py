@@ -1,10 +1,15 @@
 """Predict target masks with a trained run.
 
-    python -m limijax.predict --workdir=DIR --input=IMAGE_OR_FOLDER --out=FOLDER
+    python -m limijax.predict --workdir=DIR --input=IMAGE_OR_FOLDER --out=FOLDER [--mask_dir=M]
 
 For each input image writes ``<stem>.png`` (the binary mask, 0/255, at the image's own
 size) and ``<stem>_overlay.png`` (the grey image with every detected target outlined in
-red and its centroid marked) for a person to look at. Images are read as 8-bit grey and
+red and its centroid marked) for a person to look at. With ``--mask_dir`` (ground-truth
+masks named like the images, or NUAA-SIRST's ``<stem>_pixels0``) the overlay is instead
+the paper's visual comparison (Fig. 5, :func:`comparison`): correct detections red,
+missed targets blue, false alarms yellow, as Pd and Fa count them, and a zoomed inset
+per target to the right of the image. Images are read as 8-bit grey, as
+training reads them (16-bit frames stretched, see :mod:`limijax.image_io`), and
 normalised with the statistics stored in the run.
 """
 
@@ -19,13 +24,40 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
+from limijax import image_io
+from limijax import metrics
 from limijax.errors import UserError, run
 
 IMAGE_SUFFIXES = ('.png', '.bmp', '.jpg', '.jpeg', '.tif', '.tiff')
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A finished (or running) limijax run.')
-_INPUT = flags.DEFINE_string('input', None, 'An image file or a folder of images.')
-_OUT = flags.DEFINE_string('out', None, 'Output folder (created if absent).')
+FLAGS = flags.FLAGS
+
+# The picture with ground truth (--mask_dir), coloured as the paper's Fig. 5.
+HIT_COLOUR = (255, 0, 0)  # correct detection: red
+MISS_COLOUR = (0, 0, 255)  # missed target: blue
+FALSE_ALARM_COLOUR = (255, 255, 0)  # false alarm: yellow
+# One inset per target: a crop of INSET_CROP x INSET_CROP px around it (larger for a
+# larger target), scaled up by an integer factor, nearest neighbour, into a tile of
+# INSET_TILE px, with an INSET_BORDER px frame in the target's colour; tiles lie in
+# columns to the right of the image, INSET_GAP px apart, on PANEL_COLOUR.
+INSET_CROP = 16
+INSET_ZOOM = 4
+INSET_TILE = INSET_CROP * INSET_ZOOM
+INSET_BORDER = 2
+INSET_GAP = 4
+PANEL_COLOUR = (32, 32, 32)
+# NUAA-SIRST names its masks after the image plus this suffix.
+_NUAA_MASK_SUFFIX = '_pixels0'
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program (see the end of this file), never on import.
+  flags.DEFINE_string('workdir', None, 'A finished (or running) limijax run.')
+  flags.DEFINE_string('input', None, 'An image file or a folder of images.')
+  flags.DEFINE_string('out', None, 'Output folder (created if absent).')
+  flags.DEFINE_string('mask_dir', None, 'Optional folder of ground-truth masks with the '
+                      'images\' stems (or <stem>_pixels0): the overlays then show correct '
+                      'detections red, missed targets blue, false alarms yellow.')
 
 
 def list_inputs(path: str) -> list[str]:
@@ -40,15 +72,6 @@ def list_inputs(path: str) -> list[str]:
   raise UserError(f'--input {path} does not exist')
 
 
-def read_grey(path: str) -> np.ndarray:
-  try:
-    with Image.open(path) as im:
-      im.load()
-      return np.asarray(im.convert('L'), np.uint8)
-  except (OSError, ValueError) as e:
-    raise UserError(f'cannot read image {path}: {e}') from None
-
-
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """RGB picture: the image, target outlines in red, a green dot at each centroid."""
   rgb = np.repeat(image[..., None], 3, axis=-1).astype(np.uint8)
@@ -61,21 +84,143 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return rgb
 
 
-def predict_files(workdir: str, files: Sequence[str], out: str, progress: bool = True) -> list[str]:
+def _outline(region: np.ndarray) -> np.ndarray:
+  """The region's edge pixels and the 8-connected ring just outside it."""
+  eight = np.ones((3, 3), dtype=bool)
+  edge = region & ~ndimage.binary_erosion(region, structure=eight)
+  ring = ndimage.binary_dilation(region, structure=eight) & ~region
+  return edge | ring
+
+
+def _inset(image: np.ndarray, regions, target: tuple[slice, slice]) -> np.ndarray:
+  """One zoomed tile (INSET_TILE square, RGB) of the image around ``target`` (a bbox).
+
+  ``regions`` are (bool mask, colour) pairs; in the tile each region's pixels are
+  outlined from the inside, one zoomed pixel wide, so the grey values stay visible.
+  """
+  h, w = image.shape
+  (r0, r1), (c0, c1) = ((s.start, s.stop) for s in target)
+  side = max(INSET_CROP, r1 - r0 + 4, c1 - c0 + 4)
+  zoom = max(1, INSET_TILE // side)
+  side = INSET_TILE // zoom  # a crop that fills the tile as far as the zoom allows
+
+  def window(lo, hi, size):  # side px centred on [lo, hi), kept inside [0, size)
+    start = min(max(0, (lo + hi - side) // 2), max(0, size - side))
+    return slice(start, min(size, start + side))
+
+  rows, cols = window(r0, r1, h), window(c0, c1, w)
+  up = lambda a: np.repeat(np.repeat(a[rows, cols], zoom, axis=0), zoom, axis=1)
+  crop = up(image)
+  tile = np.zeros((INSET_TILE, INSET_TILE, 3), np.uint8)
+  tile[...] = PANEL_COLOUR
+  view = tile[:crop.shape[0], :crop.shape[1]]
+  view[...] = crop[..., None]
+  for region, colour in regions:
+    big = up(region)
+    view[big & ~ndimage.binary_erosion(big, structure=np.ones((3, 3), bool))] = colour
+  return tile
+
+
+def comparison(image: np.ndarray, pred: np.ndarray, gt: np.ndarray,
+               distance_threshold: float = 3.0) -> np.ndarray:
+  """The paper's Fig. 5 for one image: RGB uint8, the image plus a panel of insets.
+
+  Components are classified by the matching that Pd and Fa count
+  (:func:`limijax.metrics.match_components`): a predicted component matched to a target
+  is a correct detection (outlined red), a target without a match is missed (blue), a
+  predicted component without a target is a false alarm (yellow). Outlines are drawn
+  as in :func:`overlay` (edge plus the ring outside). The picture is the image, (H, W),
+  at the top left; when there are targets, a panel to its right holds one inset per
+  target in label (raster) order, top to bottom and then in further columns: the
+  neighbourhood of the target zoomed INSET_ZOOM times, framed in the target's colour
+  (red found, blue missed), with the same colours outlining the pixels inside.
+  """
+  image = np.asarray(image, np.uint8)
+  m = metrics.match_components(pred, gt, distance_threshold)
+  hit = np.isin(m.pred_labels, 1 + np.flatnonzero(m.pred_matched))
+  false_alarm = (m.pred_labels > 0) & ~hit
+  missed = np.isin(m.gt_labels, 1 + np.flatnonzero(m.gt_match < 0))
+  # Later colours win where outlines touch: a correct detection is drawn last.
+  regions = ((false_alarm, FALSE_ALARM_COLOUR), (missed, MISS_COLOUR), (hit, HIT_COLOUR))
+  rgb = np.repeat(image[..., None], 3, axis=-1)
+  for region, colour in regions:
+    rgb[_outline(region)] = colour
+  targets = ndimage.find_objects(m.gt_labels)
+  if not targets:
+    return rgb
+  h, w = image.shape
+  box = INSET_TILE + 2 * INSET_BORDER
+  pitch = box + INSET_GAP
+  per_column = max(1, (h - INSET_GAP) // pitch)
+  columns = -(-len(targets) // per_column)
+  height = max(h, INSET_GAP + min(len(targets), per_column) * pitch)
+  picture = np.empty((height, w + INSET_GAP + columns * pitch, 3), np.uint8)
+  picture[...] = PANEL_COLOUR
+  picture[:h, :w] = rgb
+  for k, target in enumerate(targets):
+    top = INSET_GAP + (k % per_column) * pitch
+    left = w + INSET_GAP + (k // per_column) * pitch
+    picture[top:top + box, left:left + box] = HIT_COLOUR if m.gt_match[k] >= 0 else MISS_COLOUR
+    picture[top + INSET_BORDER:top + INSET_BORDER + INSET_TILE,
+            left + INSET_BORDER:left + INSET_BORDER + INSET_TILE] = _inset(image, regions, target)
+  return picture
+
+
+def find_masks(files: Sequence[str], mask_dir: str) -> list[str]:
+  """The ground-truth mask of each image: ``<stem>.<ext>`` or NUAA's ``<stem>_pixels0``."""
+  if not os.path.isdir(mask_dir):
+    raise UserError(f'--mask_dir {mask_dir} is not a folder')
+  by_stem: dict[str, list[str]] = {}
+  for name in sorted(os.listdir(mask_dir)):
+    stem, ext = os.path.splitext(name)
+    if ext.lower() in IMAGE_SUFFIXES and not name.startswith('.'):
+      by_stem.setdefault(stem, []).append(os.path.join(mask_dir, name))
+  masks = []
+  for path in files:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    found = by_stem.get(stem, []) + by_stem.get(stem + _NUAA_MASK_SUFFIX, [])
+    if not found:
+      raise UserError(f'no mask for image {path} in {mask_dir} (expected {stem}.png or '
+                      f'{stem}{_NUAA_MASK_SUFFIX}.png, or .bmp, ...)')
+    if len(found) > 1:
+      raise UserError(f'several masks for image {path}: {", ".join(found)}')
+    masks.append(found[0])
+  return masks
+
+
+def predict_files(workdir: str, files: Sequence[str], out: str, progress: bool = True,
+                  mask_dir: str | None = None) -> list[str]:
+  """Write ``<stem>.png`` and ``<stem>_overlay.png`` per image; with ``mask_dir`` the
+  overlay is the :func:`comparison` with that image's ground truth."""
+  masks = find_masks(files, mask_dir) if mask_dir else [None] * len(files)
+  for path, mask_path in zip(files, masks):  # from the headers, before any prediction
+    if mask_path is not None and (image_io.image_size(path)
+                                  != image_io.image_size(mask_path, 'mask')):
+      raise UserError(f'size mismatch: mask {mask_path} and image {path} differ in size')
+  # Imported after the checks above, so that a wrong --mask_dir fails before JAX loads.
   from limijax import input_pipeline, train  # pylint: disable=g-import-not-at-top
   trained = train.load_run(workdir)
   predict = train.make_predict(trained.model)
   os.makedirs(out, exist_ok=True)
   written = []
-  for path in tqdm(files, desc='predict', disable=not progress):
-    image = read_grey(path)
+  for path, mask_path in tqdm(list(zip(files, masks)), desc='predict', disable=not progress):
+    image = image_io.read_image(path)
     x = (image.astype(np.float32) - trained.mean) / trained.std
     padded = input_pipeline.pad_to_multiple(x, 16)
     logits = np.asarray(predict(trained.params, trained.model_state, padded[None, :, :, None]))
     mask = input_pipeline.crop_to_size(logits[0, :, :, 0], image.shape) > 0
     stem = os.path.splitext(os.path.basename(path))[0]
     Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(out, f'{stem}.png'))
-    Image.fromarray(overlay(image, mask)).save(os.path.join(out, f'{stem}_overlay.png'))
+    if mask_path is None:
+      picture = overlay(image, mask)
+    else:
+      gt = image_io.read_mask(mask_path).astype(bool)
+      if gt.shape != image.shape:
+        raise UserError(f'size mismatch: mask {mask_path} is {gt.shape[1]}x{gt.shape[0]} '
+                        f'but image {path} is {image.shape[1]}x{image.shape[0]} '
+                        '(width x height)')
+      picture = comparison(image, mask, gt)
+    Image.fromarray(picture).save(os.path.join(out, f'{stem}_overlay.png'))
     written.append(stem)
   return written
 
@@ -83,13 +228,14 @@ def predict_files(workdir: str, files: Sequence[str], out: str, progress: bool =
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
-  for flag, name in ((_WORKDIR, 'workdir'), (_INPUT, 'input'), (_OUT, 'out')):
-    if not flag.value:
+  for name in ('workdir', 'input', 'out'):
+    if not FLAGS[name].value:
       raise UserError(f'--{name} is required')
-  files = list_inputs(_INPUT.value)
-  stems = predict_files(_WORKDIR.value, files, _OUT.value)
-  print(f'wrote {len(stems)} masks and overlays to {_OUT.value}')
+  files = list_inputs(FLAGS.input)
+  stems = predict_files(FLAGS.workdir, files, FLAGS.out, mask_dir=FLAGS.mask_dir)
+  print(f'wrote {len(stems)} masks and overlays to {FLAGS.out}')
 
 
 if __name__ == '__main__':
+  _define_flags()
   run(main)

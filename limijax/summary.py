@@ -15,8 +15,9 @@ The count is read from the traced inference graph (every ``conv_general_dilated`
 the grouped depthwise form), so it follows the model as built; a test cross-checks it
 against XLA's own cost analysis of the compiled function.
 
-Parameters are all of the model's parameters, side heads included (what a checkpoint
-holds); ``inference_params`` leaves out the side heads.
+``params`` counts the inference model (what the paper's 0.016 M counts: the C2F side heads
+are training-only); ``train_params`` adds the side heads (what a checkpoint holds) and
+``side_head_params`` is their share.
 """
 
 from __future__ import annotations
@@ -95,12 +96,13 @@ def summarize(config, size: int) -> dict:
   variables = jax.eval_shape(lambda: model_lib.init(model, jax.random.PRNGKey(0)))
   params = variables['params']
   n_params = model_lib.count_params(params)
-  side = sum(model_lib.count_params(v) for k, v in params.items() if k.startswith('side'))
+  side = n_params - model_lib.count_params(model_lib.inference_params(params))
   macs = inference_macs(model, variables, size)
   return {
-      'params': n_params,
-      'params_m': round(n_params / 1e6, 3),
-      'inference_params': n_params - side,
+      'params': n_params - side,
+      'params_m': round((n_params - side) / 1e6, 3),
+      'train_params': n_params,
+      'side_head_params': side,
       'gmacs': macs / 1e9,
       'size': size,
       'in_channels': model.in_channels,
@@ -108,24 +110,29 @@ def summarize(config, size: int) -> dict:
   }
 
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
-_SIZE = flags.DEFINE_integer('size', 256, 'Square input side for the GMAC count.')
-_JSON = flags.DEFINE_bool('json', False, 'Print a JSON object as the last stdout line.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Only when run as a command: importing this module defines no flags.
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+  flags.DEFINE_integer('size', 256, 'Square input side for the GMAC count.')
+  flags.DEFINE_bool('json', False, 'Print a JSON object as the last stdout line.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
-  s = summarize(defaults.checked(_CONFIG.value), _SIZE.value)
+  s = summarize(defaults.checked(FLAGS.config), FLAGS.size)
   print(f'Limi-Net  stem={s["model"]["stem"]} block={s["model"]["block"]} '
         f'upsampler={s["model"]["upsampler"]} head={s["model"]["head"]}')
-  print(f'parameters: {s["params"]:,} ({s["params_m"]:.3f} M; '
-        f'{s["inference_params"]:,} used at inference)')
+  print(f'parameters: {s["params"]:,} ({s["params_m"]:.3f} M) at inference; '
+        f'{s["train_params"]:,} in training, with the C2F side heads\' {s["side_head_params"]:,}')
   print(f'GMACs at 1x{s["size"]}x{s["size"]}x{s["in_channels"]}: {s["gmacs"]:.3f}')
-  if _JSON.value:
+  if FLAGS.json:
     print(json.dumps(s))
 
 
 if __name__ == '__main__':
+  _define_flags()
   run(main)

@@ -11,7 +11,8 @@ train / validation / test split is a list of indices into ``full``, made by
 
 Features of an example:
 
-* ``image``: ``Image(shape=(None, None, 1))``, 8-bit grey (colour files are converted).
+* ``image``: ``Image(shape=(None, None, 1))``, 8-bit grey as :mod:`limijax.image_io` reads
+  it (colour converted, 16-bit frames stretched).
 * ``mask``: ``Image(shape=(None, None, 1))`` holding **0/1** (not 0/255): the label the
   loss reads, already binarised, so readers never threshold again.
 * ``id``: ``Text``, the file stem without the NUAA ``_pixels0`` suffix.
@@ -24,9 +25,10 @@ again; an unchanged folder is read from the prepared copy without touching its i
 Old copies are not deleted: removing ``<data_dir>/<builder>/`` is always safe.
 
 Beside the TFDS files, ``limijax_meta.json`` records the folder, its layout, the ids in
-order, the standard split and each image's mean, std and size (0..255 scale), from which
+order, the standard split, each image's mean, std and size (0..255 scale), from which
 :mod:`limijax.data` computes the normalisation of any training split without reading an
-image. It is written last, so it also marks the copy as complete.
+image, and how many masks hold values other than 0 and 255 (``non_binary_masks``, warned
+about on every load). It is written last, so it also marks the copy as complete.
 
 TensorFlow is not needed: preparation runs ``download_and_prepare(...,
 file_format='array_record')`` and reading goes through ``builder_from_directory(...)
@@ -35,6 +37,7 @@ file_format='array_record')`` and reading goes through ``builder_from_directory(
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -44,11 +47,12 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from limijax import data as data_lib
+# limijax.data imports this module, so this module imports nothing of limijax.data.
+from limijax import image_io
 
 SPLIT = 'full'  # TFDS reserves 'all'
 META_FILE = 'limijax_meta.json'
-META_FORMAT = 1  # bump when the meta file's content changes meaning
+META_FORMAT = 2  # bump when the meta file's content changes meaning (2: non_binary_masks)
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download the dataset yourself (it cannot be fetched by a script) and unpack it into one
@@ -105,8 +109,8 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, root: str) -> Iterator[tuple[str, dict[str, Any]]]:
     for id_, image_rel, mask_rel in self.builder_config.items:
-      image = data_lib.read_image(os.path.join(root, image_rel))
-      mask = data_lib.read_mask(os.path.join(root, mask_rel))
+      image = image_io.read_image(os.path.join(root, image_rel))
+      mask = image_io.read_mask(os.path.join(root, mask_rel))
       # Image features cannot encode numpy arrays without TensorFlow: hand them PIL
       # images, already single-channel so the stored PNG matches the declared shape.
       yield id_, {
@@ -161,6 +165,23 @@ BUILDERS = {
 }
 
 
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+  """An exclusive lock on ``path``, so that runs started side by side prepare once."""
+  try:
+    import fcntl  # pylint: disable=g-import-not-at-top
+  except ImportError:  # no fcntl (Windows): concurrent preparation is then unguarded
+    yield
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def prepared_dir(data_dir: str, name: str, config_name: str) -> str:
   """Where ``prepare`` puts (or put) this folder's copy."""
   cls = BUILDERS[name]
@@ -186,7 +207,7 @@ def prepare(*, name: str, root: str, config_name: str,
   added). When a complete copy already exists it is returned untouched.
   """
   out = prepared_dir(data_dir, name, config_name)
-  with data_lib.file_lock(os.path.join(os.path.dirname(out), '.lock')):
+  with file_lock(os.path.join(os.path.dirname(out), '.lock')):
     if read_meta(out) is not None:  # another process finished it while we waited
       return out
     builder = BUILDERS[name](

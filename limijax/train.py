@@ -1,6 +1,6 @@
 """Training and evaluation of Limi-Net: ``train_and_evaluate(config, workdir)``.
 
-The workdir is the unit of a run (CONTRACT.md):
+The workdir is the unit of a run (the README's "What a run prints and writes"):
 
 * ``config.json``   - the resolved config; a workdir made by another config is refused.
 * ``checkpoints/latest`` - the state to resume from (params, optimiser, step, epoch,
@@ -13,13 +13,12 @@ The workdir is the unit of a run (CONTRACT.md):
   lines as an uninterrupted one.
 * ``results.json``, ``curves.png``, ``tb/`` (TensorBoard event files).
 
-Learning rate (paper 4.2): AdamW at ``learning_rate``; PyTorch's ``CosineAnnealingLR``
-with ``T_max = cosine_period_epochs`` and ``eta_min = min_learning_rate`` stepped once
-per epoch, multiplied during the first ``warmup_steps`` iterations by a factor rising
-linearly from ``warmup_start_factor`` to 1 (``LinearLR`` stepped per iteration). Like
-PyTorch's scheduler, the cosine does not stop after its period: it follows
-``eta_min + (lr - eta_min) (1 + cos(pi e / T_max)) / 2`` for every epoch ``e``, so the rate
-falls to ``eta_min`` at epoch 10, climbs back to ``lr`` at epoch 20, and so on.
+Learning rate (paper 4.2): AdamW at ``learning_rate`` under PyTorch's ``LinearLR``
+(``warmup_steps`` iterations rising from ``warmup_start_factor`` to 1, stepped per
+iteration) chained with ``CosineAnnealingLR`` (``T_max = cosine_period_epochs``,
+``eta_min = min_learning_rate``, stepped per epoch), reproduced step by step by
+:func:`lr_table`. Like PyTorch's scheduler, the cosine does not stop after its period:
+the rate falls to ``eta_min`` at epoch 10, climbs back to ``lr`` at epoch 20, and so on.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -55,20 +55,43 @@ class TrainingDiverged(UserError):
 
 
 # --------------------------------------------------------------------------- schedule
+def lr_table(config, steps_per_epoch: int, num_steps: int) -> np.ndarray:
+  """The learning rate of every step, exactly as PyTorch computes it for the paper's recipe.
+
+  That recipe chains two schedulers on one optimiser: ``LinearLR(start_factor, 1,
+  total_iters=warmup_steps)`` stepped after every iteration and
+  ``CosineAnnealingLR(T_max=cosine_period_epochs, eta_min=min_learning_rate)`` stepped
+  after every epoch. Chained, each updates the current rate in its recursive form, so
+  when warm-up outlasts the first epoch the result is not the product of the two closed
+  forms; replaying the recursions (in float64) gives PyTorch's numbers step by step.
+  """
+  base, eta_min = float(config.learning_rate), float(config.min_learning_rate)
+  period, warm = int(config.cosine_period_epochs), int(config.warmup_steps)
+  start = float(config.warmup_start_factor)
+  lr = base * start if warm > 0 else base
+  out = np.empty(num_steps, np.float64)
+  for t in range(num_steps):
+    out[t] = lr  # the rate this step uses
+    k = t + 1  # LinearLR.step() after the optimiser step
+    if warm > 0 and k <= warm:
+      lr *= 1.0 + (1.0 - start) / (warm * start + (k - 1) * (1.0 - start))
+    if k % steps_per_epoch == 0:  # CosineAnnealingLR.step() at the end of an epoch
+      e = k // steps_per_epoch
+      if (e - 1 - period) % (2 * period) == 0:
+        lr += (base - eta_min) * (1 - math.cos(math.pi / period)) / 2
+      else:
+        lr = ((1 + math.cos(math.pi * e / period)) / (1 + math.cos(math.pi * (e - 1) / period))
+              * (lr - eta_min) + eta_min)
+  return out
+
+
 def make_schedule(config, steps_per_epoch: int):
-  base, eta_min = config.learning_rate, config.min_learning_rate
-  period, warm = config.cosine_period_epochs, config.warmup_steps
-  start = config.warmup_start_factor
+  """``schedule(step)``: the rate of :func:`lr_table` for a run of ``num_epochs``."""
+  table = jnp.asarray(lr_table(config, steps_per_epoch, config.num_epochs * steps_per_epoch),
+                      jnp.float32)
 
   def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    epoch = jnp.floor(step / steps_per_epoch)
-    cosine = eta_min + (base - eta_min) * (1 + jnp.cos(jnp.pi * epoch / period)) / 2
-    if warm > 0:
-      factor = start + (1.0 - start) * jnp.minimum(step, warm) / warm
-    else:
-      factor = 1.0
-    return cosine * factor
+    return table[jnp.clip(jnp.asarray(step, jnp.int32), 0, table.shape[0] - 1)]
 
   return schedule
 
@@ -80,11 +103,19 @@ def make_optimizer(config, steps_per_epoch: int):
 
 
 # --------------------------------------------------------------------------- state
-def init_state(model, tx, seed: int) -> dict:
-  # 'variables' holds params and, for the BatchNorm ablation stem, batch_stats.
-  variables = model_lib.init(model, jax.random.PRNGKey(seed))
-  return {'variables': variables, 'opt_state': tx.init(variables['params']),
+def init_state(model, tx, rng: jax.Array) -> dict:
+  """The train state, a plain dict of arrays: ``params``; ``model_state`` (the other
+  flax collections: ``batch_stats`` for the BatchNorm ablation stem, else empty);
+  ``opt_state``; ``step``. Built from a ``jax.random`` key alone, so that several seeds
+  can be vmapped, sharded or exported without changing its shape."""
+  params, model_state = split_variables(model_lib.init(model, rng))
+  return {'params': params, 'model_state': model_state, 'opt_state': tx.init(params),
           'step': jnp.zeros((), jnp.int32)}
+
+
+def seed_key(seed: int) -> jax.Array:
+  """The model-init key of the user-facing ``seed``."""
+  return jax.random.PRNGKey(seed)
 
 
 def split_variables(variables):
@@ -93,7 +124,7 @@ def split_variables(variables):
 
 def make_train_step(model, tx, schedule, loss_cfg):
   def train_step(state, batch):
-    params, model_state = split_variables(state['variables'])
+    params, model_state = state['params'], state['model_state']
 
     def loss_fn(params):
       variables = {'params': params, **model_state}
@@ -107,7 +138,8 @@ def make_train_step(model, tx, schedule, loss_cfg):
 
     (loss, (terms, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, state['opt_state'], params)
-    new = {'variables': {'params': optax.apply_updates(params, updates), **new_state},
+    new = {'params': optax.apply_updates(params, updates),
+           'model_state': {**model_state, **new_state},
            'opt_state': opt_state, 'step': state['step'] + 1}
     out = {'loss': loss, 'lr': schedule(state['step']), **{f'loss_{k}': v for k, v in terms.items()}}
     return new, out
@@ -150,11 +182,24 @@ def _diff_keys(a: dict, b: dict, prefix: str = '') -> list[str]:
   return keys
 
 
+def _has_checkpoint(workdir: str) -> bool:
+  ckpt = os.path.join(workdir, 'checkpoints')
+  return any(name.isdigit() for sub in ('latest', 'best')
+             for name in (os.listdir(os.path.join(ckpt, sub))
+                          if os.path.isdir(os.path.join(ckpt, sub)) else ()))
+
+
 def claim_workdir(config, workdir: str) -> None:
-  """Write config.json, or check that an existing one is this config (nothing written)."""
+  """Write config.json, or check that an existing one is this config (nothing written).
+
+  A workdir whose run never saved a checkpoint (it stopped before its first epoch ended)
+  holds nothing to protect: another config may take it over.
+  """
   path = os.path.join(workdir, 'config.json')
   mine = _config_dict(config)
-  if os.path.exists(path):
+  if os.path.exists(path) and not _has_checkpoint(workdir):
+    logging.info('%s holds no checkpoint yet: its config.json is replaced', workdir)
+  elif os.path.exists(path):
     try:
       with open(path) as f:
         theirs = json.load(f)
@@ -166,7 +211,7 @@ def claim_workdir(config, workdir: str) -> None:
       raise UserError(f'workdir {workdir} was made by another config (differs at {shown}); '
                       f'use a new --workdir, or the same config to resume')
     return
-  if os.path.isdir(os.path.join(workdir, 'checkpoints')):
+  if not os.path.exists(path) and os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise UserError(f'workdir {workdir} holds checkpoints but no config.json; refusing to '
                     f'overwrite it: use a new --workdir')
   os.makedirs(workdir, exist_ok=True)
@@ -183,7 +228,7 @@ def _managers(workdir: str):
       os.path.join(ckpt, 'latest'), item_names=('state', 'data', 'meta'),
       options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
   best = ocp.CheckpointManager(
-      os.path.join(ckpt, 'best'), item_names=('variables', 'meta'),
+      os.path.join(ckpt, 'best'), item_names=('model', 'meta'),
       options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
   return latest, best
 
@@ -193,7 +238,12 @@ def _abstract(tree):
 
 
 class MetricsLog:
-  """metrics.jsonl writer (and TensorBoard mirror) that can be cut back on resume."""
+  """metrics.jsonl writer (and TensorBoard mirror) that can be cut back on resume.
+
+  ``metrics.jsonl`` is the record; ``tb/`` mirrors it. On resume the record is cut back to
+  the checkpoint and ``tb/`` is written anew from what is left, so the steps a resumed run
+  replays appear once in TensorBoard, not twice.
+  """
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, 'metrics.jsonl')
@@ -204,6 +254,12 @@ class MetricsLog:
     if os.path.exists(self.path):
       with open(self.path, 'r+b') as f:
         f.truncate(size)
+    if self.tb is not None:
+      self.tb.close()
+      self.tb = None
+    shutil.rmtree(self.tb_dir, ignore_errors=True)
+    for record in self.read():
+      self._mirror(record)
 
   def size(self) -> int:
     return os.path.getsize(self.path) if os.path.exists(self.path) else 0
@@ -212,6 +268,11 @@ class MetricsLog:
     record = {'event': event, **values}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
+    self._mirror(record)
+
+  def _mirror(self, record: dict) -> None:
+    event = record['event']
+    values = {k: v for k, v in record.items() if k != 'event'}
     try:
       if self.tb is None:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -245,8 +306,9 @@ def plot_curves(records: list[dict], path: str) -> None:
   ax1.set(title='training loss (C2F, eq. 4)', xlabel='step')
   ax3.set(title='learning rate', xlabel='step')
   for key, label in (('miou', 'mIoU'), ('niou', 'nIoU'), ('pd', 'Pd')):
-    if val:
-      ax2.plot([r['epoch'] for r in val], [r[key] for r in val], marker='.', label=label)
+    points = [(r['epoch'], r[key]) for r in val if r.get(key) is not None]  # pd None: no target
+    if points:
+      ax2.plot(*zip(*points), marker='.', label=label)
   ax2.set(title='validation', xlabel='epoch', ylim=(0, 1))
   if val:
     ax2.legend(loc='lower right')
@@ -293,11 +355,13 @@ def load_run(workdir: str) -> TrainedRun:
   step = best.latest_step()
   if step is None:
     raise UserError(f'{os.path.join(workdir, "checkpoints", "best")} holds no checkpoint yet')
-  variables = jax.eval_shape(lambda: model_lib.init(model, jax.random.PRNGKey(0)))
+  params, model_state = split_variables(
+      jax.eval_shape(lambda: model_lib.init(model, jax.random.PRNGKey(0))))
   r = best.restore(step, args=ocp.args.Composite(
-      variables=ocp.args.StandardRestore(variables), meta=ocp.args.JsonRestore()))
+      model=ocp.args.StandardRestore({'params': params, 'model_state': model_state}),
+      meta=ocp.args.JsonRestore()))
   meta = r['meta']
-  params, model_state = split_variables(r['variables'])
+  params, model_state = r['model']['params'], r['model']['model_state']
   return TrainedRun(config, model, params, model_state, meta['mean'], meta['std'],
                     meta['epoch'])
 
@@ -334,9 +398,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        progress: bool = True) -> dict:
   """Train (or resume) the run in ``workdir``, then test the best checkpoint."""
   config = defaults.checked(config)
-  if config.num_seeds != 1:
-    raise UserError('config key num_seeds: training several seeds in one process is not '
-                    'available yet; use launch/seeds.sh (one process per seed)')
   t_start = time.time()
   dataset = data_lib.load_dataset(config.data)
   for split in ('train', 'val', 'test'):
@@ -356,11 +417,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_iter = input_pipeline.make_train_iter(
       dataset.train, image_size=config.data.image_size, batch_size=config.batch_size,
       mean=mean, std=std, seed=config.seed, its_cfg=config.data.its,
-      crop_target_prob=config.data.crop_target_prob, num_workers=config.data.num_workers)
+      crop_target_prob=config.data.crop_target_prob, flips=config.data.flips,
+      num_workers=config.data.num_workers)
 
   latest, best = _managers(workdir)
   log = MetricsLog(workdir)
-  state = init_state(model, tx, config.seed)
+  state = init_state(model, tx, seed_key(config.seed))
   meta = {'epoch': 0, 'best_miou': -1.0, 'best_epoch': -1, 'mean': mean, 'std': std,
           'log_size': 0, 'wall_time': 0.0}
   step0 = latest.latest_step()
@@ -391,7 +453,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if step in best.all_steps():
       return  # a resumed run redoing this epoch: the same parameters are already there
     best.save(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardSave(state['variables']),
+        model=ocp.args.StandardSave({'params': state['params'],
+                                     'model_state': state['model_state']}),
         meta=ocp.args.JsonSave({'epoch': epoch, 'mean': mean, 'std': std, 'val': val})),
         force=True)
 
@@ -417,12 +480,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     bar.close()
     done = epoch + 1
     if done % config.eval_every_epochs == 0 or done == config.num_epochs:
-      val = evaluate_source(predict, *split_variables(state['variables']), dataset.val, mean,
+      val = evaluate_source(predict, state['params'], state['model_state'], dataset.val, mean,
                             std, desc='val', progress=progress)
       log.write('val', step=int(state['step']), epoch=done,
                 wall_time=round(time.time() - wall0, 3), **val)
-      logging.info('epoch %d: val mIoU %.4f nIoU %.4f Pd %.4f Fa %.2fe-6', done, val['miou'],
-                   val['niou'], val['pd'], val['fa_e6'])
+      logging.info('epoch %d: val %s', done, metrics_lib.format_metrics(val))
       if val['miou'] > meta['best_miou']:
         meta.update(best_miou=val['miou'], best_epoch=done)
         save_best(done, val)
@@ -441,7 +503,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       'val': best_meta['val'],
       'test': test,
       'baselines': {'tophat': _baseline(dataset)} if config.tophat_baseline else {},
-      'params': model_lib.count_params(run.params),
+      'params': model_lib.count_params(model_lib.inference_params(run.params)),
+      'train_params': model_lib.count_params(run.params),
       'steps': int(state['step']),
       'train_wall_time_s': round(meta['wall_time'], 1),
       'num_images': {'train': len(dataset.train), 'val': len(dataset.val),

@@ -5,8 +5,11 @@ through ``python -m limijax.main`` and shared by every test here: its workdir is
 re-run, killed-and-resumed against, evaluated and predicted with. All subprocesses share
 the persistent compilation cache that conftest.py sets, so only the first one compiles.
 
-Every flag of the tiny run is also a non-default override of a key CONTRACT.md lists, so
-config.json shows that each of them is accepted and recorded.
+Every flag of the tiny run is also a non-default override of a key the README lists for
+every config, so config.json shows that each of them is accepted and recorded.
+
+The training runs here compile at XLA's default optimisation level (conftest.py lowers it
+for the rest of the suite), so that bit-exact resume is shown for the code users run.
 """
 
 import hashlib
@@ -28,7 +31,7 @@ CONFIG = str(REPO / 'configs' / 'synthetic.py')
 METRICS_KEYS = ('miou', 'niou', 'pd', 'fa', 'fa_e6', 'num_images', 'num_targets')
 EPOCHS, STEPS_PER_EPOCH = 3, 8  # 50 images: 10 test, 8 val, 32 train / batch 4
 
-# Every key CONTRACT.md lists, each set away from its value in configs/synthetic.py.
+# Every key the README lists for every config, each away from its configs/synthetic.py value.
 OVERRIDES = {
     'seed': 1,
     'data.root': '/unused/by/synthetic',
@@ -57,8 +60,13 @@ def main_args(workdir, data_dir, **extra):
           *(f'--config.{k}={v}' for k, v in overrides.items()), '--progress=false']
 
 
-def _run(args, timeout=300):
-  return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+# The environment of users: XLA's default optimisation level.
+USER_ENV = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+
+
+def _run(args, timeout=300, cwd=REPO):
+  return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                        env=USER_ENV)
 
 
 def _cli(module, *args, timeout=120):
@@ -200,7 +208,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(run, data_dir, tmp_path
       return False
 
   with open(tmp_path / 'killed.log', 'w') as log:
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=USER_ENV)
     try:
       deadline = time.monotonic() + 300
       while not logged_kill_step():
@@ -231,8 +239,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(run, data_dir, tmp_path
   _assert_trees_identical(latest_new, latest_ref)  # params, optimiser state, step
   best = _steps(os.path.join(ref, 'checkpoints', 'best'))[0]
   _assert_trees_identical(
-      _restore(os.path.join(w, 'checkpoints', 'best', str(best), 'variables')),
-      _restore(os.path.join(ref, 'checkpoints', 'best', str(best), 'variables')))
+      _restore(os.path.join(w, 'checkpoints', 'best', str(best), 'model')),
+      _restore(os.path.join(ref, 'checkpoints', 'best', str(best), 'model')))
 
   with open(os.path.join(ref, 'results.json')) as f:
     results_ref = json.load(f)
@@ -249,6 +257,28 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(run, data_dir, tmp_path
           [(r['event'], r['step']) for r in records_ref])
   assert _without_wall_time(records_new) == _without_wall_time(records_ref)
   assert _last_json(resumed)['test'] == results_ref['test']
+  # TensorBoard shows the replayed steps once, with the same values as the reference.
+  assert _tb_scalars(w) == _tb_scalars(ref)
+
+
+def _tb_scalars(workdir):
+  """Every (tag, step) -> value in the workdir's TensorBoard files; a repeat is an error."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  seen = {}
+  for path in sorted(pathlib.Path(workdir, 'tb').glob('events.out.tfevents*')):
+    data = path.read_bytes()
+    i = 0
+    while i < len(data):  # TFRecord: length (8), crc (4), payload, crc (4)
+      (n,) = struct.unpack('<Q', data[i:i + 8])
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        key = (v.tag, event.step)
+        assert key not in seen, f'{key} written twice'
+        seen[key] = v.simple_value
+  assert seen
+  return seen
 
 
 # --------------------------------------------------------------------------- 3. re-run
@@ -268,7 +298,24 @@ def test_rerunning_a_finished_run_does_not_train_again(run):
   assert _last_json(proc) == _last_json(run['proc'])
 
 
-# --------------------------------------------------------------------------- 4. config typos
+# --------------------------------------------------------------------------- 4. bad config values
+@pytest.mark.parametrize('override, key', [
+    ('--config.data.its.prob=2', 'data.its.prob'),
+    ('--config.loss.lambda_dice=-1', 'loss.lambda_dice'),
+    ('--config.data.num_workers=-1', 'data.num_workers'),
+    ('--config.model.stem=foo', 'model.stem'),
+])
+def test_bad_config_value_is_one_line_and_writes_nothing(tmp_path, override, key):
+  fresh, existing = tmp_path / 'fresh', tmp_path / 'existing'
+  existing.mkdir()
+  for workdir in (fresh, existing):
+    proc = _cli('limijax.main', f'--config={CONFIG}', f'--workdir={workdir}', override)
+    _assert_one_line_error(proc, key)
+  assert not fresh.exists()
+  assert list(existing.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- 5. config typos
 @pytest.mark.parametrize('override, key', [('--config.modle.x=1', 'modle'),
                                            ('--config.batch_sise=3', 'batch_sise')])
 def test_config_typo_is_one_line_exit_2(tmp_path, override, key):
@@ -344,6 +391,18 @@ def test_predict_writes_masks_and_overlays(run, tmp_path):
     for c in range(3):
       assert np.array_equal(over[..., c][far], grey[far]), stem
 
+  # The mask is the model's own decision, logit > 0, on the normalised image at its size.
+  import jax  # pylint: disable=g-import-not-at-top
+  from limijax import train  # pylint: disable=g-import-not-at-top
+  trained = train.load_run(run['workdir'])
+  x = (odd.astype(np.float32) - trained.mean) / trained.std
+  padded = np.zeros((1, 48, 64, 1), np.float32)  # 37 x 50 padded to multiples of 16
+  padded[0, :37, :50, 0] = x
+  logits = jax.jit(lambda v, x: trained.model.apply(v, x, train=False))(
+      {'params': trained.params, **trained.model_state}, padded)
+  with Image.open(out / 'odd.png') as im:
+    np.testing.assert_array_equal(np.asarray(im) == 255, np.asarray(logits)[0, :37, :50, 0] > 0)
+
   # A single file works too and gives the same mask.
   single = tmp_path / 'single'
   proc = _cli('limijax.predict', f'--workdir={run["workdir"]}', f'--input={inputs / "odd.png"}',
@@ -358,3 +417,39 @@ def test_predict_missing_input_is_one_line(run, tmp_path):
               f'--out={tmp_path / "out"}')
   _assert_one_line_error(proc, str(missing))
   assert not (tmp_path / 'out').exists()
+
+
+# --------------------------------------------------------------------------- 9. defaults
+def test_bare_command_finds_the_dataset_where_basicirstd_keeps_it(tmp_path):
+  from limijax import synthetic  # pylint: disable=g-import-not-at-top
+  home = tmp_path / 'project'
+  root = home / 'datasets' / 'NUDT-SIRST'
+  for sub in ('images', 'masks', 'img_idx'):
+    (root / sub).mkdir(parents=True)
+  ids = []
+  for id_, image, mask in synthetic.generate(30, 32, seed=3):
+    Image.fromarray(image).save(root / 'images' / f'{id_}.png')
+    Image.fromarray((mask * 255).astype(np.uint8)).save(root / 'masks' / f'{id_}.png')
+    ids.append(id_)
+  (root / 'img_idx' / 'train_NUDT-SIRST.txt').write_text('\n'.join(ids[:20]) + '\n')
+  (root / 'img_idx' / 'test_NUDT-SIRST.txt').write_text('\n'.join(ids[20:]) + '\n')
+  (home / 'configs').symlink_to(REPO / 'configs')
+  small = ['--config.data.image_size=32', '--config.batch_size=4',
+           f'--config.data.data_dir={tmp_path / "prepared"}', '--progress=false']
+  proc = _run([sys.executable, '-m', 'limijax.main', '--config=configs/nudt.py',
+               '--config.num_epochs=1', *small], cwd=home)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert proc.stdout.splitlines()[0] == 'workdir: workdirs/nudt'  # printed first
+  with open(home / 'workdirs' / 'nudt' / 'results.json') as f:
+    results = json.load(f)
+  assert results['dataset']['layout'] == 'basicirstd'
+  assert results['num_images']['test'] == 6  # the paper's random 8:2 split of 30 images
+
+  # No dataset there: one line saying where it looked and what to put there.
+  empty = tmp_path / 'elsewhere'
+  empty.mkdir()
+  (empty / 'configs').symlink_to(REPO / 'configs')
+  proc = _run([sys.executable, '-m', 'limijax.main', '--config=configs/irstd1k.py', *small],
+              cwd=empty)
+  line = _assert_one_line_error(proc, 'datasets/IRSTD-1k', '--config.data.root')
+  assert not (empty / 'workdirs').exists(), line

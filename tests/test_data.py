@@ -19,6 +19,7 @@ import pytest
 import limijax
 from limijax import data
 from limijax import defaults
+from limijax import image_io
 from limijax.errors import UserError
 
 H, W = 16, 20  # height, width of fixture images
@@ -136,7 +137,7 @@ def test_layout_detected_and_counted(tmp_path, kind):
 def test_nuaa_uses_trainval_and_pixels0_masks(tmp_path):
   root = str(tmp_path / 'sirst')
   _, train, test = make_layout(root, 'nuaa')
-  plan = data._make_plan(root, '', 'standard')
+  plan = data.plan.make_plan(root, '', 'standard')
   assert plan.standard == {'train': train, 'test': test}
   assert plan.items['Misc_1'][1] == os.path.join('masks', 'Misc_1_pixels0.png')
 
@@ -263,7 +264,7 @@ def test_load_prepares_once_then_reuses(tmp_path, monkeypatch):
 
   with monkeypatch.context() as m:
     m.setattr(tfds_builders, 'prepare', forbidden)
-    m.setattr(data, '_check_files', forbidden)
+    m.setattr(data.plan, 'check_files', forbidden)
     again = data.load_dataset(cfg)  # unchanged folder: reused without reading images
     assert again.prepared_dir == ds.prepared_dir
     assert again.test.ids == ds.test.ids and again.mean == ds.mean
@@ -430,3 +431,86 @@ def test_cli_bad_input_fails_with_one_line(tmp_path, damage):
   assert len(lines) == 1 and named in lines[0], out.stderr
   report = json.loads(out.stdout.strip().splitlines()[-1])
   assert report['problems'] and named in report['problems'][0]
+
+
+# ------------------------------------------------- mask values, 16-bit, where no dataset is
+
+
+def _clean_masks(root, ids):
+  """Rewrites the masks of ``ids`` as pure 0/255 files (the fixture's hold 200 and 60)."""
+  for k, id_ in enumerate(ids):
+    write(os.path.join(root, 'masks', id_ + '.bmp'), binary(k) * 255)
+
+
+def test_non_binary_masks_counted_once_in_report_and_cli(tmp_path):
+  root = str(tmp_path / 'ds')
+  ids, _, _ = make_layout(root, 'folder')
+  _clean_masks(root, ids[:3])
+  report = data.inspect(root)
+  assert report['non_binary_masks'] == 7
+  lines = [w for w in report['warnings'] if 'other than 0 and 255' in w]
+  assert lines == [image_io.non_binary_mask_warning(7, 10)]
+  assert lines[0].startswith('7 of 10 masks hold values other than 0 and 255')
+  out = run_cli(f'--root={root}', '--json')
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.count('other than 0 and 255') == 2  # the warning line and the JSON
+  assert json.loads(out.stdout.strip().splitlines()[-1])['non_binary_masks'] == 7
+  _clean_masks(root, ids)
+  assert data.inspect(root)['non_binary_masks'] == 0
+
+
+def test_non_binary_masks_recorded_when_prepared_and_warned_on_load(tmp_path, monkeypatch):
+  from limijax import tfds_builders
+  root = str(tmp_path / 'ds')
+  ids, _, _ = make_layout(root, 'folder')
+  _clean_masks(root, ids[:4])
+  logged = []
+  stand_in = types.SimpleNamespace(warning=lambda msg, *a: logged.append(msg % a))
+  monkeypatch.setattr(data.load, 'logging', stand_in)  # load's absl logging only
+  cfg = data_cfg(tmp_path, name='folder', root=root, split='random')
+  ds = data.load_dataset(cfg)
+  assert tfds_builders.read_meta(ds.prepared_dir)['non_binary_masks'] == 6
+  assert len(logged) == 1 and '6 of 10 masks hold values other than 0 and 255' in logged[0]
+  data.load_dataset(cfg)  # the prepared copy is reused: still one warning per load
+  assert len(logged) == 2 and logged[1] == logged[0]
+  _clean_masks(root, ids)
+  data.load_dataset(cfg)
+  assert len(logged) == 2  # all masks 0/255: no warning
+
+
+def test_16bit_frames_stretched_in_datasets(tmp_path):
+  root = str(tmp_path / 'ir16')
+  make_layout(root, 'folder', n=4)
+  frame = (np.arange(H * W, dtype=np.uint16).reshape(H, W) * 50 + 1000)  # 1000 .. 16950
+  write(os.path.join(root, 'images', 'f01.png'), frame)
+  report = data.inspect(root)
+  assert report['usable'], report['problems']
+  expected = np.floor((frame.astype(np.float64) - 1000) * 255 / (H * W * 50 - 50) + 0.5)
+  ds = data.folder_dataset(root, split='random', val_fraction=0.0, test_fraction=0.0)
+  ex = next(ds.train[i] for i in range(len(ds.train)) if ds.train[i]['id'] == 'f01')
+  np.testing.assert_array_equal(ex['image'], expected.astype(np.uint8))
+  assert ex['image'][0, 0] == 0 and ex['image'][-1, -1] == 255
+
+
+@pytest.mark.parametrize('state', ['missing', 'empty', 'unrecognised'])
+def test_no_dataset_is_one_line_saying_where_and_what(tmp_path, monkeypatch, state):
+  monkeypatch.chdir(tmp_path)
+  root = os.path.join('datasets', 'NUDT-SIRST')
+  if state != 'missing':
+    os.makedirs(root)
+  if state == 'unrecognised':
+    (tmp_path / root / 'readme.txt').write_text('not a dataset')
+  with pytest.raises(UserError) as e:
+    data.load_dataset(data_cfg(tmp_path, name='nudt', root=root))
+  message = str(e.value)
+  assert '\n' not in message
+  assert message.startswith(f'no dataset at {root} ({tmp_path / root}): put NUDT-SIRST there '
+                            f'(images/, masks/, img_idx/train_NUDT-SIRST.txt')
+  assert message.endswith('or set --config.data.root=DIR')
+
+
+def test_no_dataset_points_at_dataset_folders_inside(tmp_path):
+  make_layout(str(tmp_path / 'datasets' / 'IRSTD-1k'), 'irstd1k', n=4)
+  with pytest.raises(UserError, match=r'holds dataset folders \(IRSTD-1k\): point data.root '
+                     r'at one: put IRSTD-1k there'):
+    data.load_dataset(data_cfg(tmp_path, name='irstd1k', root=str(tmp_path / 'datasets')))

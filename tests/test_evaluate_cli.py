@@ -121,3 +121,30 @@ def test_empty_mask_folder(tmp_path):
 ])
 def test_mode_must_be_given_exactly_once(args, needle):
   _assert_one_line_error(_run(*args), needle)
+
+
+def test_non_binary_masks_warned_once(folders):
+  preds, masks = folders
+  # Mask a is 0/255 only; b holds 200 and 100 (anti-aliased). A third, 0/1 label mask
+  # is kept as it is (not emptied by > 127) and counts as non-binary too.
+  labels = np.zeros((8, 8))
+  labels[2:4, 2:4] = 1
+  _save(masks / 'c.png', labels)
+  pred_c = np.zeros((8, 8))
+  pred_c[2:4, 2:4] = 255
+  _save(preds / 'c.png', pred_c)
+  proc = _run(f'--pred_dir={preds}', f'--mask_dir={masks}')
+  assert proc.returncode == 0, proc.stderr
+  warnings = [l for l in proc.stderr.splitlines() if l.startswith('warning:')]
+  assert warnings == ['warning: 2 of 3 masks hold values other than 0 and 255; they are '
+                      'binarised at > 127, a 0/1 label image kept as it is (the field\'s '
+                      'reference code keeps only pixels equal to 255)']
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result['num_targets'] == 3 and result['pd'] == pytest.approx(1.0)
+
+
+def test_16bit_prediction_is_one_line_naming_the_file(folders):
+  preds, masks = folders
+  Image.fromarray(np.zeros((8, 8), np.uint16)).save(preds / 'a.png')
+  _assert_one_line_error(_run(f'--pred_dir={preds}', f'--mask_dir={masks}'),
+                         str(preds / 'a.png'), '16/32-bit')

@@ -24,24 +24,90 @@ def default_vars():
   return model_lib.init(model_lib.LimiNet(), jax.random.PRNGKey(0))
 
 
-def test_default_parameter_count_is_pinned(default_vars):
-  n = model_lib.count_params(default_vars['params'])
-  assert n == 16164
-  assert 15_500 <= n <= 16_499 and round(n / 1e6, 3) == 0.016
+def _gn(c):  # GroupNorm scale + bias
+  return 2 * c
+
+
+def _lmb(cin, c):  # 1x1 reduce to c/2, dw3 + pw and dw7 + pw branches, 1x1 fuse, ECA (k=3)
+  mid = c // 2
+  return (cin * mid + _gn(mid) + (9 * mid + mid * mid) + _gn(mid) + (49 * mid + mid * mid)
+          + _gn(mid) + 2 * mid * c + _gn(c) + 3 + (cin * c if cin != c else 0))
+
+
+def _huf(cdeep, c):  # DSTC (dw 4x4 + pw), bilinear 1x1 projection if needed, 1x1 fuse
+  return 16 * cdeep + cdeep * c + (cdeep * c if cdeep != c else 0) + 2 * c * c + _gn(c)
+
+
+def _head(cin):  # SegmentHead: dw 3x3 + pw to 8 + GN, then 1x1 to one logit with bias
+  return 9 * cin + 8 * cin + _gn(8) + 8 + 1
+
+
+def test_default_parameter_count_is_pinned_block_by_block(default_vars):
+  p = default_vars['params']
+  expected = {
+      # SES: standard 3x3 conv 1 -> 4 + GN, dw 3x3 + pw 4 -> 8 + GN, ECA (k = 3 for 8 ch)
+      'ses': 9 * 1 * 4 + _gn(4) + 9 * 4 + 4 * 8 + _gn(8) + 3,  # 131
+      'lmb1': _lmb(8, 8),  # 403
+      'lmb2': _lmb(8, 16),  # 1123
+      'lmb3': _lmb(16, 32),  # 3395
+      'lmb4': _lmb(32, 32),  # 3139
+      'huf1': _huf(32, 32),  # 3648
+      'huf2': _huf(32, 16),  # 2080
+      'huf3': _huf(16, 8),  # 656
+      'huf4': _huf(8, 8),  # 336
+      'fastup8': 9 * 32 + 32 * 4 + _gn(4),  # 424: dw 3x3 + pw to 4 + GN
+      'fastup4': 9 * 16 + 16 * 4 + _gn(4),  # 216
+      'fastup2': 9 * 8 + 8 * 4 + _gn(4),  # 112
+      'head': _head(4 + 4 + 4 + 8),  # 365: three FastUp outputs + the last HUF feature
+      'side0': _head(4), 'side1': _head(4), 'side2': _head(4),  # 93 each (FastUp x8/x4/x2)
+      'side3': _head(8),  # 161 (the last HUF output)
+  }
+  assert {k: model_lib.count_params(v) for k, v in p.items()} == expected
+  n = model_lib.count_params(p)
+  inference = model_lib.count_params(model_lib.inference_params(p))
+  assert (n, inference, n - inference) == (16468, 16028, 440)
+  assert 15_500 <= inference <= 16_499 and round(inference / 1e6, 3) == 0.016
 
 
 def test_params_per_block_are_where_the_paper_puts_them(default_vars):
   p = default_vars['params']
-  assert set(p) == {'ses', 'lmb1', 'lmb2', 'lmb3', 'lmb4', 'huf1', 'huf2', 'huf3', 'huf4',
-                    'fastup8', 'fastup4', 'fastup2', 'head', 'side0', 'side1', 'side2', 'side3'}
-  # SES: a *standard* 3x3 conv 1 -> 8 and a depthwise-separable conv to 8 channels.
-  assert p['ses']['conv']['kernel'].shape == (3, 3, 1, 8)
-  assert p['ses']['dsconv']['dw']['kernel'].shape == (3, 3, 1, 8)
-  assert p['ses']['dsconv']['pw']['kernel'].shape == (1, 1, 8, 8)
+  # SES (3.2): a *standard* 3x3 conv to 4 channels, then a depthwise-separable conv that
+  # raises them to 8.
+  assert p['ses']['conv']['kernel'].shape == (3, 3, 1, 4)
+  assert p['ses']['dsconv']['dw']['kernel'].shape == (3, 3, 1, 4)
+  assert p['ses']['dsconv']['pw']['kernel'].shape == (1, 1, 4, 8)
   # LMB output channels 8, 16, 32, 32 (the fusion 1x1 conv's output).
   assert [p[f'lmb{i}']['fuse']['kernel'].shape[-1] for i in range(1, 5)] == [8, 16, 32, 32]
   # HUF's DSTC stream: a depthwise 4x4 transposed conv on the deeper feature.
   assert p['huf1']['dstc_dw']['kernel'].shape == (4, 4, 1, 32)
+  # C2F (3.4, Fig. 4c): every side output has a segment head of its own.
+  for i in range(4):
+    assert set(p[f'side{i}']) == set(p['head']) == {'dsconv', 'gn', 'logit'}
+
+
+def test_side_heads_pair_with_the_loss_alphas_coarsest_first(default_vars):
+  # side0 must be the x8 output (alpha 0.1), ..., side3 the full-resolution HUF (0.001).
+  m = model_lib.LimiNet()
+  params = default_vars['params']
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 32, 32, 1))
+  apply = jax.jit(lambda p: m.apply({'params': p}, x, train=True))
+  _, sides = apply(params)
+  # Which side output moves when one decoder path is cut tells its scale.
+  for i, path in enumerate(('fastup8', 'fastup4', 'fastup2', 'huf4')):
+    cut = jax.tree.map(lambda a: a, params)
+    cut[path] = jax.tree.map(jnp.zeros_like, params[path])
+    _, cut_sides = apply(cut)
+    moved = [not np.allclose(a, b) for a, b in zip(sides, cut_sides)]
+    assert moved == [j == i for j in range(4)], (path, moved)
+  # ... and the loss weighs side i with alpha i, by value: term = 2000^-a (0.6 SBCE_a + 0.4 Dice).
+  y = (jax.random.uniform(jax.random.PRNGKey(2), (1, 32, 32, 1)) > 0.97).astype(jnp.float32)
+  final = jnp.zeros((1, 32, 32, 1))
+  alphas = defaults.base_config().loss.side_alphas
+  assert tuple(alphas) == (0.1, 0.05, 0.01, 0.001)
+  _, terms = losses.c2f_loss(final, sides, y, side_alphas=alphas)
+  for i, a in enumerate(alphas):
+    by_hand = 2000.0 ** (-a) * (0.6 * losses.soft_bce(sides[i], y, a) + 0.4 * losses.dice(sides[i], y))
+    np.testing.assert_allclose(terms[f'side{i}'], by_hand, rtol=1e-6)
 
 
 @pytest.mark.parametrize('name', list(VARIANTS))

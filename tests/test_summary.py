@@ -38,6 +38,43 @@ def default():
   return m, model_lib.init(m, jax.random.PRNGKey(0))
 
 
+def _pixels(scale, size=256):  # output pixels at 1/scale of a size x size input
+  return (size // scale) ** 2
+
+
+def _conv(n, cin, cout, k=1):  # n output pixels, k x k kernel: n k k cin cout
+  return n * k * k * cin * cout
+
+
+def _dw(n, c, k=3):  # depthwise: n k k c
+  return n * k * k * c
+
+
+def _lmb(cin, c, s):  # input at 1/s, branches and fusion at 1/2s
+  mid, n, h = c // 2, _pixels(s), _pixels(2 * s)
+  return (_conv(n, cin, mid) + _dw(h, mid, 3) + _conv(h, mid, mid) + _dw(h, mid, 7)
+          + _conv(h, mid, mid) + _conv(h, 2 * mid, c) + (_conv(h, cin, c) if cin != c else 0))
+
+
+def _huf(cdeep, c, s):  # output at 1/s; DSTC counted per *input* pixel (thop), k = 4
+  n, deep = _pixels(s), _pixels(2 * s)
+  return (deep * 16 * cdeep + _conv(n, cdeep, c) + (_conv(deep, cdeep, c) if cdeep != c else 0)
+          + _conv(n, 2 * c, c))
+
+
+def test_default_macs_pinned_block_by_block(default):
+  m, v = default
+  full = _pixels(1)
+  expected = (
+      _conv(full, 1, 4, 3) + _dw(full, 4) + _conv(full, 4, 8)  # SES: 6,815,744
+      + _lmb(8, 8, 1) + _lmb(8, 16, 2) + _lmb(16, 32, 4) + _lmb(32, 32, 8)  # LMB 1-4
+      + _huf(32, 32, 8) + _huf(32, 16, 4) + _huf(16, 8, 2) + _huf(8, 8, 1)  # HUF 1-4
+      + sum(_dw(full, c) + _conv(full, c, 4) for c in (32, 16, 8))  # FastUp x8, x4, x2
+      + _dw(full, 20) + _conv(full, 20, 8) + _conv(full, 8, 1))  # segment head
+  assert expected == 124_067_840
+  assert summary.inference_macs(m, v, 256) == expected  # 0.124 GMACs, side heads excluded
+
+
 def test_default_gmacs_in_budget_and_scale_with_area(default):
   m, v = default
   g256 = summary.inference_macs(m, v, 256) / 1e9
@@ -66,7 +103,8 @@ def test_cli_json_contract():
   r = _run('--config=configs/nudt.py', '--json')
   assert r.returncode == 0, r.stderr
   s = json.loads(r.stdout.strip().splitlines()[-1])
-  assert s['params'] == 16164 and s['size'] == 256
+  assert (s['params'], s['train_params'], s['side_head_params']) == (16028, 16468, 440)
+  assert s['params_m'] == 0.016 and s['size'] == 256
   assert 0.116 <= s['gmacs'] <= 0.156
   assert 'GMACs at 1x256x256x1' in r.stdout
 

@@ -1,4 +1,4 @@
-"""limijax.train in process: the learning-rate schedule and the stop on a NaN loss.
+"""limijax.train in process: the schedule, learning at all, the stop on a NaN loss, resume.
 
 The CLI runs (workdir contents, kill and resume, refusals, evaluate, predict) are in
 tests/test_cli_runs.py; the run here uses the same tiny config, so the compiled training
@@ -47,24 +47,41 @@ def data_dir(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- schedule
-def test_schedule_is_warmup_times_per_epoch_cosine():
-  config = defaults.base_config()
-  config.learning_rate, config.min_learning_rate = 5e-3, 5e-4
-  config.warmup_steps, config.warmup_start_factor = 30, 0.05
-  config.cosine_period_epochs = 10
-  steps_per_epoch = 7
-  schedule = train.make_schedule(config, steps_per_epoch)
+def _torch_rates(config, steps_per_epoch, epochs):
+  """The rate of every step of the paper's recipe in PyTorch: LinearLR per iteration
+  chained with CosineAnnealingLR per epoch on one optimiser."""
+  torch = pytest.importorskip('torch')
+  w = torch.nn.Parameter(torch.zeros(1))
+  opt = torch.optim.AdamW([w], lr=config.learning_rate)
+  warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=config.warmup_start_factor,
+                                           end_factor=1.0, total_iters=config.warmup_steps)
+  cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+      opt, T_max=config.cosine_period_epochs, eta_min=config.min_learning_rate)
+  rates = []
+  for _ in range(epochs):
+    for _ in range(steps_per_epoch):
+      rates.append(opt.param_groups[0]['lr'])
+      opt.step()
+      warm.step()
+    cosine.step()
+  return np.array(rates)
 
-  def expected(step):
-    epoch = step // steps_per_epoch
-    cosine = 5e-4 + (5e-3 - 5e-4) * (1 + math.cos(math.pi * epoch / 10)) / 2
-    return cosine * (0.05 + 0.95 * min(step, 30) / 30)
 
-  for step in (0, 1, 6, 7, 29, 30, 31, 69, 70, 139, 140, 141, 1000):
-    assert float(schedule(step)) == pytest.approx(expected(step), rel=1e-5), step
-  assert float(schedule(0)) == pytest.approx(5e-3 * 0.05)
-  assert float(schedule(70)) == pytest.approx(5e-4)  # epoch 10: eta_min
-  assert float(schedule(140)) == pytest.approx(5e-3)  # epoch 20: back up, like PyTorch
+@pytest.mark.parametrize('steps_per_epoch', [7, 40])  # warm-up over 5 epochs / inside one
+def test_schedule_matches_torch_linear_then_cosine_step_by_step(steps_per_epoch):
+  config = defaults.base_config()  # lr 5e-3, min 5e-4, 30 warm-up steps from 0.05, T 10
+  config.num_epochs = 45
+  expected = _torch_rates(config, steps_per_epoch, config.num_epochs)
+  schedule = jax.jit(train.make_schedule(config, steps_per_epoch))
+  got = np.array([float(schedule(t)) for t in range(len(expected))])
+  np.testing.assert_allclose(got, expected, rtol=2e-7)
+  # Landmarks worked out by hand: step 0 runs at 0.05 x 5e-3; after warm-up inside
+  # epoch 0 the full 5e-3; epoch 10 at eta_min, epoch 20 back at 5e-3.
+  assert got[0] == pytest.approx(2.5e-4, rel=1e-6)
+  if steps_per_epoch == 40:
+    assert got[35] == pytest.approx(5e-3, rel=1e-6)
+    assert got[10 * 40] == pytest.approx(5e-4, rel=1e-6)
+    assert got[20 * 40] == pytest.approx(5e-3, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- NaN stop
@@ -79,8 +96,7 @@ def test_nan_loss_stops_with_one_clear_error_and_keeps_the_checkpoint(
     def poisoned(state, batch):
       new, out = step_fn(state, batch)
       if int(new['step']) == poison_after:  # weights blown up: the next loss is NaN
-        new['variables']['params'] = jax.tree.map(lambda p: p * np.float32('nan'),
-                                                  new['variables']['params'])
+        new['params'] = jax.tree.map(lambda p: p * np.float32('nan'), new['params'])
       return new, out
 
     return poisoned
@@ -114,3 +130,128 @@ def test_nan_loss_stops_with_one_clear_error_and_keeps_the_checkpoint(
     records = [json.loads(l) for l in f if l.strip()]
   assert records[-1]['event'] == 'diverged' and records[-1]['step'] == poison_after + 1
   assert all(math.isfinite(r['loss']) for r in records if r['event'] == 'train')
+
+
+# --------------------------------------------------------------------------- it learns
+def test_a_few_dozen_steps_on_one_batch_halve_the_loss():
+  # A sign-flipped, zero or mis-scaled update would leave the loss where it started.
+  from limijax import model as model_lib  # pylint: disable=g-import-not-at-top
+  config = defaults.base_config()
+  config.num_epochs, config.warmup_steps = 1, 0
+  model = model_lib.LimiNet()
+  tx, schedule = train.make_optimizer(config, steps_per_epoch=40)
+  step = train.make_train_step(model, tx, schedule, config.loss)
+  rng = np.random.default_rng(0)
+  image = rng.normal(0, 1, (4, 32, 32, 1)).astype(np.float32)
+  mask = np.zeros((4, 32, 32, 1), np.float32)
+  for i, (y, x) in enumerate(((5, 7), (20, 11), (14, 25), (26, 26))):
+    image[i, y - 1:y + 2, x - 1:x + 2] += 4.0  # a bright 3x3 target
+    mask[i, y - 1:y + 2, x - 1:x + 2] = 1.0
+  batch = {'image': image, 'mask': mask}
+  state = train.init_state(model, tx, train.seed_key(0))
+  losses = []
+  for _ in range(40):
+    state, out = step(state, batch)
+    losses.append(float(out['loss']))
+  assert int(state['step']) == 40
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+# --------------------------------------------------------------------------- BatchNorm stem
+def test_batchnorm_ablation_trains_its_statistics_and_load_run_restores_them(data_dir, tmp_path):
+  from limijax import model as model_lib  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'bn')
+  config = _synthetic_config(data_dir, **{'model.stem': 'dsconv_bn', 'num_epochs': 1})
+  results = train.train_and_evaluate(config, workdir, progress=False)
+  run = train.load_run(workdir)
+  stats = run.model_state['batch_stats']['stem_dsconv_bn']['bn']
+  fresh = model_lib.init(run.model, jax.random.PRNGKey(0))['batch_stats']['stem_dsconv_bn']['bn']
+  # Initial running statistics are mean 0, var 1; training on images normalised per
+  # dataset (not per batch) moves them.
+  np.testing.assert_array_equal(fresh['mean'], 0)
+  assert not np.allclose(stats['mean'], fresh['mean'])
+  assert not np.allclose(stats['var'], fresh['var'])
+  # Evaluation uses the restored statistics: the test metrics of the run are what
+  # evaluate_workdir gives, and another set of statistics gives other logits.
+  assert train.evaluate_workdir(workdir, 'test') == results['test']
+  dataset_image = np.asarray(np.random.default_rng(1).normal(size=(1, 32, 32, 1)), np.float32)
+  predict = train.make_predict(run.model)
+  with_stats = predict(run.params, run.model_state, dataset_image)
+  with_fresh = predict(run.params, {'batch_stats': {'stem_dsconv_bn': {'bn': fresh}}},
+                       dataset_image)
+  assert not np.allclose(with_stats, with_fresh)
+
+
+# --------------------------------------------------------------------------- resume
+class _Killed(BaseException):
+  """Stands for SIGKILL: nothing after the raise runs, files stay as they are."""
+
+
+@pytest.fixture(scope='module')
+def reference_run(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('ref') / 'w')
+  return workdir, train.train_and_evaluate(_synthetic_config(data_dir), workdir, progress=False)
+
+
+def _assert_same_run(workdir, reference):
+  ref_dir, ref_results = reference
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  for key in ('best_epoch', 'val', 'test', 'steps', 'baselines'):
+    assert results[key] == ref_results[key], key
+  a, b = train.load_run(workdir), train.load_run(ref_dir)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+
+  def records(w):
+    with open(os.path.join(w, 'metrics.jsonl')) as f:
+      return [{k: v for k, v in json.loads(l).items() if k != 'wall_time'} for l in f]
+
+  assert records(workdir) == records(ref_dir)
+
+
+def test_resume_when_killed_between_the_best_and_the_latest_save(
+    data_dir, tmp_path, monkeypatch, reference_run):
+  real_managers = train._managers  # pylint: disable=protected-access
+
+  def managers(workdir):
+    latest, best = real_managers(workdir)
+    real_save = latest.save
+
+    def save(step, *args, **kwargs):
+      if step in best.all_steps():  # best of this epoch written, latest not yet
+        raise _Killed()
+      return real_save(step, *args, **kwargs)
+
+    latest.save = save
+    return latest, best
+
+  workdir = str(tmp_path / 'w')
+  monkeypatch.setattr(train, '_managers', managers)
+  with pytest.raises(_Killed):
+    train.train_and_evaluate(_synthetic_config(data_dir), workdir, progress=False)
+  assert os.listdir(os.path.join(workdir, 'checkpoints', 'best')) == ['8']
+  assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints', 'latest'))
+              if n.isdigit()]
+  monkeypatch.setattr(train, '_managers', real_managers)
+  train.train_and_evaluate(_synthetic_config(data_dir), workdir, progress=False)
+  _assert_same_run(workdir, reference_run)
+
+
+def test_resume_when_killed_during_the_final_test(data_dir, tmp_path, monkeypatch,
+                                                  reference_run):
+  real_evaluate = train.evaluate_source
+
+  def evaluate(*args, desc='eval', **kwargs):
+    if desc == 'test':
+      raise _Killed()
+    return real_evaluate(*args, desc=desc, **kwargs)
+
+  workdir = str(tmp_path / 'w')
+  monkeypatch.setattr(train, 'evaluate_source', evaluate)
+  with pytest.raises(_Killed):
+    train.train_and_evaluate(_synthetic_config(data_dir), workdir, progress=False)
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  monkeypatch.setattr(train, 'evaluate_source', real_evaluate)
+  train.train_and_evaluate(_synthetic_config(data_dir), workdir, progress=False)
+  _assert_same_run(workdir, reference_run)

@@ -1,8 +1,7 @@
 """Paper Table 2, row "Ours-w/o C2F": a plain FPN head, no label-smoothed side supervision.
 IRSTD-1k based, all else as configs/irstd1k.py.
 
-    python -m limijax.main --config=configs/ablations/no_c2f.py \
-        --config.data.root=/path/to/IRSTD-1k --workdir=workdirs/no_c2f
+    python -m limijax.main --config=configs/ablations/no_c2f.py   # datasets/IRSTD-1k -> workdirs/no_c2f
 """
 
 import os

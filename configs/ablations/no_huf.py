@@ -1,8 +1,7 @@
 """Paper Table 2, row "Ours-w/o HUF": bilinear upsampling + depthwise-separable conv, no DSTC stream.
 IRSTD-1k based, all else as configs/irstd1k.py.
 
-    python -m limijax.main --config=configs/ablations/no_huf.py \
-        --config.data.root=/path/to/IRSTD-1k --workdir=workdirs/no_huf
+    python -m limijax.main --config=configs/ablations/no_huf.py   # datasets/IRSTD-1k -> workdirs/no_huf
 """
 
 import os

@@ -1,8 +1,7 @@
 """Paper Table 2, row "Ours-w/o ITS": no pseudo targets from the Infrared Target Simulator.
 IRSTD-1k based, all else as configs/irstd1k.py.
 
-    python -m limijax.main --config=configs/ablations/no_its.py \
-        --config.data.root=/path/to/IRSTD-1k --workdir=workdirs/no_its
+    python -m limijax.main --config=configs/ablations/no_its.py   # datasets/IRSTD-1k -> workdirs/no_its
 """
 
 import os

@@ -1,8 +1,7 @@
 """Paper Table 2, row "Ours-w/o LMB": plain residual blocks instead of LMB.
 IRSTD-1k based, all else as configs/irstd1k.py.
 
-    python -m limijax.main --config=configs/ablations/no_lmb.py \
-        --config.data.root=/path/to/IRSTD-1k --workdir=workdirs/no_lmb
+    python -m limijax.main --config=configs/ablations/no_lmb.py   # datasets/IRSTD-1k -> workdirs/no_lmb
 """
 
 import os

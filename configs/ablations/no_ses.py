@@ -1,8 +1,7 @@
 """Paper Table 2, row "Ours-w/o SES": the stem is a depthwise-separable conv + BatchNorm.
 IRSTD-1k based, all else as configs/irstd1k.py.
 
-    python -m limijax.main --config=configs/ablations/no_ses.py \
-        --config.data.root=/path/to/IRSTD-1k --workdir=workdirs/no_ses
+    python -m limijax.main --config=configs/ablations/no_ses.py   # datasets/IRSTD-1k -> workdirs/no_ses
 """
 
 import os
