@@ -97,9 +97,6 @@ def _check_run_keys(config) -> None:
               'cosine_period_epochs'):
     if not (_int(config[key]) and config[key] > 0):
       raise ConfigError(key, f'must be a positive integer, got {config[key]!r}')
-  if config.num_seeds != 1:
-    raise ConfigError('num_seeds', 'training several seeds in one process is not available '
-                      'yet; use launch/seeds.sh (one process per seed)')
   if not _int(config.seed):
     raise ConfigError('seed', f'must be an integer, got {config.seed!r}')
   if not config.learning_rate > 0:

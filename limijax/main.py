@@ -64,14 +64,23 @@ def main(argv):
   _enable_compilation_cache()
   from limijax import train  # pylint: disable=g-import-not-at-top
   results = train.train_and_evaluate(config, workdir, progress=FLAGS.progress)
-  t, b = results['test'], results['baselines'].get('tophat')
   from limijax.metrics import format_metrics as fmt  # pylint: disable=g-import-not-at-top
-  print(f'best epoch {results["best_epoch"]}; test {fmt(t)}  ({t["num_images"]} images)')
+  runs = results['runs'] if 'runs' in results else [{**results, 'workdir': workdir}]
+  for r in runs:
+    t = r['test']
+    who = f'seed {r["seed"]}: ' if 'seed' in r else ''
+    print(f'{who}best epoch {r["best_epoch"]}; test {fmt(t)}  ({t["num_images"]} images)')
+  for seed, message in results.get('diverged', {}).items():
+    print(f'seed {seed}: {message}')
+  b = results['baselines'].get('tophat')
   if b:
     print(f'top-hat baseline on the same images: {fmt(b, ("miou", "pd", "fa"))}')
-  print(f'wrote {os.path.join(workdir, "results.json")}')
-  print(json.dumps({'test': t, 'tophat': b}))
-
+  for r in runs:
+    print(f'wrote {os.path.join(r["workdir"], "results.json")}')
+  if 'runs' in results:
+    print(json.dumps({'test': {r['seed']: r['test'] for r in runs}, 'tophat': b}))
+  else:
+    print(json.dumps({'test': results['test'], 'tophat': b}))
 
 if __name__ == '__main__':
   _define_flags()

@@ -122,7 +122,9 @@ def split_variables(variables):
   return variables['params'], {k: v for k, v in variables.items() if k != 'params'}
 
 
-def make_train_step(model, tx, schedule, loss_cfg):
+def make_train_step(model, tx, schedule, loss_cfg, num_seeds: int = 1):
+  """The jitted update ``(state, batch) -> (state, outputs)``; with ``num_seeds > 1`` both
+  carry a leading seed axis and one ``vmap``-ed step updates every seed."""
   def train_step(state, batch):
     params, model_state = state['params'], state['model_state']
 
@@ -144,7 +146,7 @@ def make_train_step(model, tx, schedule, loss_cfg):
     out = {'loss': loss, 'lr': schedule(state['step']), **{f'loss_{k}': v for k, v in terms.items()}}
     return new, out
 
-  return jax.jit(train_step, donate_argnums=0)
+  return jax.jit(train_step if num_seeds == 1 else jax.vmap(train_step), donate_argnums=0)
 
 
 def make_predict(model):
@@ -221,12 +223,12 @@ def claim_workdir(config, workdir: str) -> None:
   os.replace(tmp, path)
 
 
-def _managers(workdir: str):
+def _managers(workdir: str, keep_latest: int = 1):
   opts = dict(create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True)
   ckpt = os.path.join(os.path.abspath(workdir), 'checkpoints')
   latest = ocp.CheckpointManager(
       os.path.join(ckpt, 'latest'), item_names=('state', 'data', 'meta'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep_latest, **opts))
   best = ocp.CheckpointManager(
       os.path.join(ckpt, 'best'), item_names=('model', 'meta'),
       options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
@@ -235,6 +237,18 @@ def _managers(workdir: str):
 
 def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def write_best(workdir: str, params, model_state, meta: dict, step: int = 0,
+               manager=None) -> None:
+  """Save ``params`` and ``model_state`` as the run's best checkpoint at ``step``, with
+  ``meta`` (``epoch``, ``mean``, ``std``, ``val``): the format :func:`load_run` reads.
+  ``manager`` is the run's best-checkpoint manager when the caller holds one."""
+  best = manager if manager is not None else _managers(workdir)[1]
+  best.save(step, args=ocp.args.Composite(
+      model=ocp.args.StandardSave({'params': params, 'model_state': model_state}),
+      meta=ocp.args.JsonSave(dict(meta))), force=True)
+  best.wait_until_finished()
 
 
 class MetricsLog:
@@ -376,10 +390,6 @@ def evaluate_workdir(workdir: str, split: str = 'test') -> dict:
 
 
 # --------------------------------------------------------------------------- the loop
-def _float_dict(d: dict) -> dict:
-  return {k: float(v) for k, v in d.items()}
-
-
 def _baseline(dataset) -> dict:
   from limijax import baselines  # pylint: disable=g-import-not-at-top
 
@@ -394,9 +404,68 @@ def _baseline(dataset) -> dict:
   return {**result, 'size': tuned['size'], 'k': tuned['k'], 'val_miou': tuned['val_miou']}
 
 
+@dataclasses.dataclass
+class _Run:
+  """One seed's run folder and its bookkeeping during training."""
+  seed: int
+  workdir: str
+  config: ml_collections.ConfigDict
+  latest: Any
+  best: Any
+  log: MetricsLog
+  train_iter: Any
+  meta: dict
+  wall0: float = 0.0
+  diverged: str | None = None
+
+
+def seed_config(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
+  """The single-run config of seed ``config.seed + k`` of a ``num_seeds`` run."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.seed, c.num_seeds = config.seed + k, 1
+  return c
+
+
+def seed_workdirs(config, workdir: str) -> list[str]:
+  """The run folders of a run: ``workdir`` itself, or ``workdir/seed_<seed>`` per seed."""
+  if config.num_seeds == 1:
+    return [workdir]
+  return [os.path.join(workdir, f'seed_{config.seed + k}') for k in range(config.num_seeds)]
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def _index(tree, k):
+  return jax.tree.map(lambda x: x[k], tree)
+
+
+def _restore_step(runs: list[_Run]) -> int | None:
+  """The latest step every seed has a checkpoint of; newer ones are deleted, so that the
+  seeds go on together from there (a kill may fall between two seeds' saves)."""
+  steps = [set(r.latest.all_steps()) for r in runs]
+  common = set.intersection(*steps)
+  step = max(common) if common else None
+  for r in runs:
+    for s in sorted(r.latest.all_steps()):
+      if step is None or s > step:
+        r.latest.delete(s)
+  return step
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        progress: bool = True) -> dict:
-  """Train (or resume) the run in ``workdir``, then test the best checkpoint."""
+  """Train (or resume) the run in ``workdir``, then test the best checkpoint.
+
+  With ``num_seeds = K > 1`` the seeds ``seed .. seed + K - 1`` train together, their
+  states stacked and one ``vmap``-ed step updating all of them; each seed keeps the data
+  stream (crops, flips, ITS) its single run would have, picks its own best epoch and is
+  written as a run folder of its own, ``workdir/seed_<seed>``, with the files a single
+  run writes. A seed whose loss becomes NaN stops alone (a ``diverged`` line in its
+  log, no results); the others go on. Returns the results of a single run, or
+  ``{'runs': [results with 'seed' and 'workdir'], 'diverged': {seed: message}}``.
+  """
   config = defaults.checked(config)
   t_start = time.time()
   dataset = data_lib.load_dataset(config.data)
@@ -406,118 +475,198 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if len(dataset.train) < config.batch_size:
     raise UserError(f'config key batch_size: {config.batch_size} is larger than the '
                     f'{len(dataset.train)} training images')
+  num_seeds = config.num_seeds
   claim_workdir(config, workdir)
+  seed_configs = ([config] if num_seeds == 1 else
+                  [seed_config(config, k) for k in range(num_seeds)])
+  dirs = seed_workdirs(config, workdir)
+  for c, d in zip(seed_configs, dirs):
+    if d != workdir:
+      claim_workdir(c, d)
 
   model = model_lib.from_config(config)
   steps_per_epoch = input_pipeline.steps_per_epoch(len(dataset.train), config.batch_size)
   tx, schedule = make_optimizer(config, steps_per_epoch)
-  train_step = make_train_step(model, tx, schedule, config.loss)
+  train_step = make_train_step(model, tx, schedule, config.loss, num_seeds=num_seeds)
   predict = make_predict(model)
   mean, std = float(dataset.mean), float(dataset.std)
-  train_iter = input_pipeline.make_train_iter(
-      dataset.train, image_size=config.data.image_size, batch_size=config.batch_size,
-      mean=mean, std=std, seed=config.seed, its_cfg=config.data.its,
-      crop_target_prob=config.data.crop_target_prob, flips=config.data.flips,
-      num_workers=config.data.num_workers)
+  template = init_state(model, tx, seed_key(config.seed))
 
-  latest, best = _managers(workdir)
-  log = MetricsLog(workdir)
-  state = init_state(model, tx, seed_key(config.seed))
-  meta = {'epoch': 0, 'best_miou': -1.0, 'best_epoch': -1, 'mean': mean, 'std': std,
-          'log_size': 0, 'wall_time': 0.0}
-  step0 = latest.latest_step()
-  if step0 is not None:
-    r = latest.restore(step0, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(state)),
-        data=grain.checkpoint.CheckpointRestore(train_iter),
+  runs = []
+  for c, d in zip(seed_configs, dirs):
+    train_iter = input_pipeline.make_train_iter(
+        dataset.train, image_size=c.data.image_size, batch_size=c.batch_size,
+        mean=mean, std=std, seed=c.seed, its_cfg=c.data.its,
+        crop_target_prob=c.data.crop_target_prob, flips=c.data.flips,
+        num_workers=c.data.num_workers)
+    latest, best = _managers(d, keep_latest=1 if num_seeds == 1 else 2)
+    runs.append(_Run(seed=c.seed, workdir=d, config=c, latest=latest, best=best,
+                     log=MetricsLog(d), train_iter=train_iter,
+                     meta={'epoch': 0, 'best_miou': -1.0, 'best_epoch': -1, 'mean': mean,
+                           'std': std, 'log_size': 0, 'wall_time': 0.0}))
+
+  step0 = _restore_step(runs)
+  states = []
+  for r in runs:
+    if step0 is None:
+      states.append(init_state(model, tx, seed_key(r.seed)))
+      r.log.truncate(0)
+      continue
+    restored = r.latest.restore(step0, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(template)),
+        data=grain.checkpoint.CheckpointRestore(r.train_iter),
         meta=ocp.args.JsonRestore()))
-    state, meta = r['state'], r['meta']
-    if not (math.isclose(meta['mean'], mean, rel_tol=1e-6) and math.isclose(meta['std'], std, rel_tol=1e-6)):
+    states.append(restored['state'])
+    r.meta = restored['meta']
+    if not (math.isclose(r.meta['mean'], mean, rel_tol=1e-6) and
+            math.isclose(r.meta['std'], std, rel_tol=1e-6)):
       raise UserError(f'the data under {config.data.root or config.data.name} changed since '
                       f'this run started (normalisation differs); use a new --workdir')
-    log.truncate(meta['log_size'])
-    logging.info('resuming %s at epoch %d (step %d)', workdir, meta['epoch'], step0)
-  else:
-    log.truncate(0)
-  wall0 = time.time() - meta['wall_time']
+    r.log.truncate(r.meta['log_size'])
+    logging.info('resuming %s at epoch %d (step %d)', r.workdir, r.meta['epoch'], step0)
+  state = states[0] if num_seeds == 1 else jax.device_put(_stack(states))
+  del states
+  for r in runs:
+    r.wall0 = time.time() - r.meta['wall_time']
+  start_epoch = runs[0].meta['epoch']
+  step = start_epoch * steps_per_epoch  # kept on the host: the loop never waits on it
 
-  def save_latest(epoch: int) -> None:
-    meta.update(epoch=epoch, log_size=log.size(), wall_time=time.time() - wall0)
-    step = int(state['step'])
-    latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter),
-        meta=ocp.args.JsonSave(dict(meta))), force=True)
+  def seed_state(k: int):
+    return state if num_seeds == 1 else _index(state, k)
 
-  def save_best(epoch: int, val: dict) -> None:
-    step = int(state['step'])
-    if step in best.all_steps():
+  def diverge(r: _Run, bad_step: int, loss: float, epoch: int) -> None:
+    last = r.latest.latest_step()
+    where = (f'the last good checkpoint (step {last}) is in {r.workdir}/checkpoints'
+             if last is not None else 'no checkpoint was written yet')
+    r.log.write('diverged', step=bad_step, epoch=epoch, loss=str(loss))
+    r.diverged = (f'training stopped: the loss became {loss} at step {bad_step} '
+                  f'(epoch {epoch}); {where}')
+    if num_seeds == 1:
+      raise TrainingDiverged(r.diverged)
+    logging.warning('seed %d: %s; the other seeds go on', r.seed, r.diverged)
+    if all(x.diverged for x in runs):
+      raise TrainingDiverged(f'every seed diverged; seed {runs[0].seed}: {runs[0].diverged}')
+
+  pending = []  # (step, device outputs) since the last log line
+  window_start = [time.time()]
+
+  def flush(epoch: int, bar) -> None:
+    """Fetch the outputs since the last log line: check them for NaN, log their means."""
+    if not pending:
+      return
+    outs = jax.device_get([o for _, o in pending])
+    steps = [s for s, _ in pending]
+    rate = len(pending) / max(time.time() - window_start[0], 1e-9)
+    for k, r in enumerate(runs):
+      if r.diverged:
+        continue
+      per_step = [{key: float(v if num_seeds == 1 else v[k]) for key, v in o.items()}
+                  for o in outs]
+      for s, o in zip(steps, per_step):
+        if not math.isfinite(o['loss']):
+          diverge(r, s, o['loss'], epoch)
+          break
+      if r.diverged:
+        continue
+      means = {key: float(np.mean([o[key] for o in per_step])) for key in per_step[0]}
+      means['lr'] = per_step[-1]['lr']  # the rate of the logged step, not a mean
+      r.log.write('train', step=steps[-1], epoch=epoch, wall_time=round(time.time() - r.wall0, 3),
+                  steps_per_s=round(rate, 3), **means)
+      if k == 0:
+        bar.set_postfix(loss=f'{means["loss"]:.4f}', lr=f'{means["lr"]:.2e}',
+                        steps_per_s=f'{rate:.2f}')
+    pending.clear()
+    window_start[0] = time.time()
+
+  def save_latest(r: _Run, k: int, epoch: int) -> None:
+    r.meta.update(epoch=epoch, log_size=r.log.size(), wall_time=time.time() - r.wall0)
+    r.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(seed_state(k)),
+        data=grain.checkpoint.CheckpointSave(r.train_iter),
+        meta=ocp.args.JsonSave(dict(r.meta))), force=True)
+
+  def save_best(r: _Run, k: int, epoch: int, val: dict) -> None:
+    if step in r.best.all_steps():
       return  # a resumed run redoing this epoch: the same parameters are already there
-    best.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave({'params': state['params'],
-                                     'model_state': state['model_state']}),
+    s = seed_state(k)
+    r.best.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave({'params': s['params'], 'model_state': s['model_state']}),
         meta=ocp.args.JsonSave({'epoch': epoch, 'mean': mean, 'std': std, 'val': val})),
         force=True)
 
-  for epoch in range(meta['epoch'], config.num_epochs):
+  for epoch in range(start_epoch, config.num_epochs):
     bar = tqdm(range(steps_per_epoch), desc=f'epoch {epoch + 1}/{config.num_epochs}',
                leave=False, disable=not progress, dynamic_ncols=True)
-    for _ in bar:
-      batch = next(train_iter)
+    window_start[0] = time.time()
+    for i in bar:
+      if num_seeds == 1:
+        batch = next(runs[0].train_iter)
+      else:
+        batch = _stack([next(r.train_iter) for r in runs])
       state, out = train_step(state, batch)
-      step = int(state['step'])
-      loss = float(out['loss'])
-      if not math.isfinite(loss):
-        last = latest.latest_step()
-        where = (f'the last good checkpoint (step {last}) is in {workdir}/checkpoints'
-                 if last is not None else 'no checkpoint was written yet')
-        log.write('diverged', step=step, epoch=epoch + 1, loss=str(loss))
-        raise TrainingDiverged(f'training stopped: the loss became {loss} at step {step} '
-                               f'(epoch {epoch + 1}); {where}')
-      if step % config.log_every_steps == 0 or step == 1:
-        log.write('train', step=step, epoch=epoch + 1, wall_time=round(time.time() - wall0, 3),
-                  **_float_dict(out))
-      bar.set_postfix(loss=f'{loss:.4f}', lr=f'{float(out["lr"]):.2e}')
+      step += 1
+      pending.append((step, out))
+      # A log line at step 1, every log_every_steps and at the end of each epoch (so a
+      # window never spans a checkpoint and a resumed run logs the same means).
+      if step == 1 or step % config.log_every_steps == 0 or i == steps_per_epoch - 1:
+        flush(epoch + 1, bar)
     bar.close()
     done = epoch + 1
-    if done % config.eval_every_epochs == 0 or done == config.num_epochs:
-      val = evaluate_source(predict, state['params'], state['model_state'], dataset.val, mean,
-                            std, desc='val', progress=progress)
-      log.write('val', step=int(state['step']), epoch=done,
-                wall_time=round(time.time() - wall0, 3), **val)
-      logging.info('epoch %d: val %s', done, metrics_lib.format_metrics(val))
-      if val['miou'] > meta['best_miou']:
-        meta.update(best_miou=val['miou'], best_epoch=done)
-        save_best(done, val)
-      plot_curves(log.read(), os.path.join(workdir, 'curves.png'))
-    save_latest(done)
-  latest.wait_until_finished()
+    evaluate_now = done % config.eval_every_epochs == 0 or done == config.num_epochs
+    for k, r in enumerate(runs):
+      if r.diverged:
+        continue
+      if evaluate_now:
+        s = seed_state(k)
+        val = evaluate_source(predict, s['params'], s['model_state'], dataset.val, mean, std,
+                              desc='val', progress=progress)
+        r.log.write('val', step=step, epoch=done,
+                    wall_time=round(time.time() - r.wall0, 3), **val)
+        logging.info('epoch %d%s: val %s', done, f' seed {r.seed}' if num_seeds > 1 else '',
+                     metrics_lib.format_metrics(val))
+        if val['miou'] > r.meta['best_miou']:
+          r.meta.update(best_miou=val['miou'], best_epoch=done)
+          save_best(r, k, done, val)
+        plot_curves(r.log.read(), os.path.join(r.workdir, 'curves.png'))
+      save_latest(r, k, done)
+  for r in runs:
+    r.latest.wait_until_finished()
 
-  # Test the best checkpoint (paper 4.1).
-  run = load_run(workdir)
-  best_meta = best.restore(best.latest_step(), args=ocp.args.Composite(
-      meta=ocp.args.JsonRestore()))['meta']
-  test = evaluate_source(predict, run.params, run.model_state, dataset.test, mean, std,
-                         desc='test', progress=progress)
-  results = {
-      'best_epoch': best_meta['epoch'],
-      'val': best_meta['val'],
-      'test': test,
-      'baselines': {'tophat': _baseline(dataset)} if config.tophat_baseline else {},
-      'params': model_lib.count_params(model_lib.inference_params(run.params)),
-      'train_params': model_lib.count_params(run.params),
-      'steps': int(state['step']),
-      'train_wall_time_s': round(meta['wall_time'], 1),
-      'num_images': {'train': len(dataset.train), 'val': len(dataset.val),
-                     'test': len(dataset.test)},
-      'normalisation': {'mean': mean, 'std': std},
-      'dataset': {'name': dataset.name, 'layout': dataset.layout},
-  }
-  log.write('test', step=int(state['step']), epoch=best_meta['epoch'], **test)
-  plot_curves(log.read(), os.path.join(workdir, 'curves.png'))
-  tmp = os.path.join(workdir, 'results.json.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, 'results.json'))
-  logging.info('done in %.1f s: test mIoU %.4f (best epoch %d)', time.time() - t_start,
-               test['miou'], best_meta['epoch'])
-  return results
+  # Test the best checkpoint of each seed (paper 4.1); the top-hat floor once.
+  baselines = {'tophat': _baseline(dataset)} if config.tophat_baseline else {}
+  all_results = []
+  for r in runs:
+    if r.diverged:
+      continue
+    run = load_run(r.workdir)
+    best_meta = r.best.restore(r.best.latest_step(), args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']
+    test = evaluate_source(predict, run.params, run.model_state, dataset.test, mean, std,
+                           desc='test', progress=progress)
+    results = {
+        'best_epoch': best_meta['epoch'],
+        'val': best_meta['val'],
+        'test': test,
+        'baselines': baselines,
+        'params': model_lib.count_params(model_lib.inference_params(run.params)),
+        'train_params': model_lib.count_params(run.params),
+        'steps': step,
+        'train_wall_time_s': round(r.meta['wall_time'], 1),
+        'num_images': {'train': len(dataset.train), 'val': len(dataset.val),
+                       'test': len(dataset.test)},
+        'normalisation': {'mean': mean, 'std': std},
+        'dataset': {'name': dataset.name, 'layout': dataset.layout},
+    }
+    r.log.write('test', step=step, epoch=best_meta['epoch'], **test)
+    plot_curves(r.log.read(), os.path.join(r.workdir, 'curves.png'))
+    tmp = os.path.join(r.workdir, 'results.json.tmp')
+    with open(tmp, 'w') as f:
+      json.dump(results, f, indent=2)
+    os.replace(tmp, os.path.join(r.workdir, 'results.json'))
+    logging.info('done in %.1f s: %stest mIoU %.4f (best epoch %d)', time.time() - t_start,
+                 f'seed {r.seed}: ' if num_seeds > 1 else '', test['miou'], best_meta['epoch'])
+    all_results.append({'seed': r.seed, 'workdir': r.workdir, **results})
+  if num_seeds == 1:
+    return {k: v for k, v in all_results[0].items() if k not in ('seed', 'workdir')}
+  return {'runs': all_results, 'baselines': baselines,
+          'diverged': {r.seed: r.diverged for r in runs if r.diverged}}
