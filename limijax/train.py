@@ -122,9 +122,12 @@ def split_variables(variables):
   return variables['params'], {k: v for k, v in variables.items() if k != 'params'}
 
 
-def make_train_step(model, tx, schedule, loss_cfg, num_seeds: int = 1):
+def make_train_step(model, tx, schedule, loss_cfg, num_seeds: int = 1, seed_mesh=None):
   """The jitted update ``(state, batch) -> (state, outputs)``; with ``num_seeds > 1`` both
-  carry a leading seed axis and one ``vmap``-ed step updates every seed."""
+  carry a leading seed axis and one ``vmap``-ed step updates every seed. With
+  ``seed_mesh`` (seeds split over its ``data`` axis) each device runs the step of its own
+  seeds (``shard_map``): the seeds never talk to each other, and XLA's automatic
+  partitioner mishandles the batched convolutions that ``vmap`` makes."""
   def train_step(state, batch):
     params, model_state = state['params'], state['model_state']
 
@@ -146,7 +149,13 @@ def make_train_step(model, tx, schedule, loss_cfg, num_seeds: int = 1):
     out = {'loss': loss, 'lr': schedule(state['step']), **{f'loss_{k}': v for k, v in terms.items()}}
     return new, out
 
-  return jax.jit(train_step if num_seeds == 1 else jax.vmap(train_step), donate_argnums=0)
+  if num_seeds == 1:
+    return jax.jit(train_step, donate_argnums=0)
+  step = jax.vmap(train_step)
+  if seed_mesh is not None:
+    from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+    step = jax.shard_map(step, mesh=seed_mesh, in_specs=P('data'), out_specs=P('data'))
+  return jax.jit(step, donate_argnums=0)
 
 
 def make_predict(model):
@@ -441,6 +450,32 @@ def _index(tree, k):
   return jax.tree.map(lambda x: x[k], tree)
 
 
+def data_parallel(num_seeds: int, batch_size: int, devices=None):
+  """Shardings that spread a step over every local device, or None on one device.
+
+  One ``data`` mesh axis over the devices. With ``num_seeds`` divisible by the device
+  count, the seed axis is split (each device trains whole seeds: params, optimiser state
+  and batches of its seeds); otherwise the batch is split and the state replicated. The
+  global batch size stays ``batch_size``. Returns ``(state_sharding, batch_sharding,
+  split)`` with ``split`` ``'seeds'`` or ``'batch'``, or None when there is one device or
+  the work cannot be split evenly (then a warning).
+  """
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  devices = jax.local_devices() if devices is None else devices
+  n = len(devices)
+  if n == 1:
+    return None
+  mesh = Mesh(np.array(devices), ('data',))
+  if num_seeds > 1 and num_seeds % n == 0:
+    return NamedSharding(mesh, P('data')), NamedSharding(mesh, P('data')), 'seeds'
+  if batch_size % n == 0:
+    batch_spec = P('data') if num_seeds == 1 else P(None, 'data')
+    return NamedSharding(mesh, P()), NamedSharding(mesh, batch_spec), 'batch'
+  logging.warning('%d devices divide neither num_seeds (%d) nor batch_size (%d): training '
+                  'on one device', n, num_seeds, batch_size)
+  return None
+
+
 def _restore_step(runs: list[_Run]) -> int | None:
   """The latest step every seed has a checkpoint of; newer ones are deleted, so that the
   seeds go on together from there (a kill may fall between two seeds' saves)."""
@@ -487,7 +522,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model = model_lib.from_config(config)
   steps_per_epoch = input_pipeline.steps_per_epoch(len(dataset.train), config.batch_size)
   tx, schedule = make_optimizer(config, steps_per_epoch)
-  train_step = make_train_step(model, tx, schedule, config.loss, num_seeds=num_seeds)
+  shardings = data_parallel(num_seeds, config.batch_size)
+  seeds_split = shardings is not None and shardings[2] == 'seeds'
+  train_step = make_train_step(model, tx, schedule, config.loss, num_seeds=num_seeds,
+                               seed_mesh=shardings[0].mesh if seeds_split else None)
   predict = make_predict(model)
   mean, std = float(dataset.mean), float(dataset.std)
   template = init_state(model, tx, seed_key(config.seed))
@@ -524,8 +562,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       f'this run started (normalisation differs); use a new --workdir')
     r.log.truncate(r.meta['log_size'])
     logging.info('resuming %s at epoch %d (step %d)', r.workdir, r.meta['epoch'], step0)
-  state = states[0] if num_seeds == 1 else jax.device_put(_stack(states))
+  state = states[0] if num_seeds == 1 else _stack(states)
   del states
+  if shardings is not None:
+    state = jax.device_put(state, shardings[0])
+    logging.info('data parallel over %d devices (%s split)', len(jax.local_devices()),
+                 shardings[2])
+  else:
+    state = jax.device_put(state)
   for r in runs:
     r.wall0 = time.time() - r.meta['wall_time']
   start_epoch = runs[0].meta['epoch']
@@ -603,6 +647,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         batch = next(runs[0].train_iter)
       else:
         batch = _stack([next(r.train_iter) for r in runs])
+      if shardings is not None:
+        batch = jax.device_put(batch, shardings[1])
       state, out = train_step(state, batch)
       step += 1
       pending.append((step, out))
