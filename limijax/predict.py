@@ -1,6 +1,7 @@
 """Predict target masks with a trained run.
 
     python -m limijax.predict --workdir=DIR --input=IMAGE_OR_FOLDER --out=FOLDER [--mask_dir=M]
+    python -m limijax.predict --backend=onnx --model=FILE.onnx --input=... --out=... [--mask_dir=M]
 
 For each input image writes ``<stem>.png`` (the binary mask, 0/255, at the image's own
 size) and ``<stem>_overlay.png`` (the grey image with every detected target outlined in
@@ -10,7 +11,9 @@ the paper's visual comparison (Fig. 5, :func:`comparison`): correct detections r
 missed targets blue, false alarms yellow, as Pd and Fa count them, and a zoomed inset
 per target to the right of the image. Images are read as 8-bit grey, as
 training reads them (16-bit frames stretched, see :mod:`limijax.image_io`), and
-normalised with the statistics stored in the run.
+normalised with the statistics stored in the run. With ``--backend=onnx`` an exported
+graph (``python -m limijax.export --out=FILE.onnx``) computes the masks in onnxruntime,
+normalised as its metadata says (:mod:`limijax.onnx_model`); that path never imports JAX.
 """
 
 from __future__ import annotations
@@ -52,7 +55,11 @@ _NUAA_MASK_SUFFIX = '_pixels0'
 
 def _define_flags() -> None:
   # Defined only when run as a program (see the end of this file), never on import.
-  flags.DEFINE_string('workdir', None, 'A finished (or running) limijax run.')
+  flags.DEFINE_string('workdir', None, 'A finished (or running) limijax run (--backend=jax).')
+  flags.DEFINE_enum('backend', 'jax', ['jax', 'onnx'], 'jax: the run in --workdir; onnx: '
+                    'an exported graph (--model) in onnxruntime, without JAX.')
+  flags.DEFINE_string('model', None, 'The .onnx file of python -m limijax.export '
+                      '(--backend=onnx).')
   flags.DEFINE_string('input', None, 'An image file or a folder of images.')
   flags.DEFINE_string('out', None, 'Output folder (created if absent).')
   flags.DEFINE_string('mask_dir', None, 'Optional folder of ground-truth masks with the '
@@ -188,27 +195,26 @@ def find_masks(files: Sequence[str], mask_dir: str) -> list[str]:
   return masks
 
 
-def predict_files(workdir: str, files: Sequence[str], out: str, progress: bool = True,
-                  mask_dir: str | None = None) -> list[str]:
+def predict_files(workdir: str | None, files: Sequence[str], out: str, progress: bool = True,
+                  mask_dir: str | None = None, onnx_model: str | None = None) -> list[str]:
   """Write ``<stem>.png`` and ``<stem>_overlay.png`` per image; with ``mask_dir`` the
-  overlay is the :func:`comparison` with that image's ground truth."""
+  overlay is the :func:`comparison` with that image's ground truth. With ``onnx_model``
+  (an exported ``.onnx``) onnxruntime computes the masks and JAX is never imported."""
   masks = find_masks(files, mask_dir) if mask_dir else [None] * len(files)
   for path, mask_path in zip(files, masks):  # from the headers, before any prediction
     if mask_path is not None and (image_io.image_size(path)
                                   != image_io.image_size(mask_path, 'mask')):
       raise UserError(f'size mismatch: mask {mask_path} and image {path} differ in size')
-  # Imported after the checks above, so that a wrong --mask_dir fails before JAX loads.
-  from limijax import input_pipeline, train  # pylint: disable=g-import-not-at-top
-  trained = train.load_run(workdir)
-  predict = train.make_predict(trained.model)
+  if onnx_model is not None:
+    from limijax import onnx_model as onnx_lib  # pylint: disable=g-import-not-at-top
+    segment = onnx_lib.OnnxModel(onnx_model).segment
+  else:
+    segment = _jax_segmenter(workdir)
   os.makedirs(out, exist_ok=True)
   written = []
   for path, mask_path in tqdm(list(zip(files, masks)), desc='predict', disable=not progress):
     image = image_io.read_image(path)
-    x = (image.astype(np.float32) - trained.mean) / trained.std
-    padded = input_pipeline.pad_to_multiple(x, 16)
-    logits = np.asarray(predict(trained.params, trained.model_state, padded[None, :, :, None]))
-    mask = input_pipeline.crop_to_size(logits[0, :, :, 0], image.shape) > 0
+    mask = segment(image)
     stem = os.path.splitext(os.path.basename(path))[0]
     Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(out, f'{stem}.png'))
     if mask_path is None:
@@ -225,14 +231,38 @@ def predict_files(workdir: str, files: Sequence[str], out: str, progress: bool =
   return written
 
 
+def _jax_segmenter(workdir: str):
+  """image (H, W) uint8 -> bool mask of the run's best checkpoint."""
+  # Imported only here, after the checks on the inputs, so that a wrong --mask_dir fails
+  # before JAX loads and the ONNX backend never loads it.
+  from limijax import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  trained = train.load_run(workdir)
+  predict = train.make_predict(trained.model)
+
+  def segment(image):
+    x = (image.astype(np.float32) - trained.mean) / trained.std
+    padded = input_pipeline.pad_to_multiple(x, 16)
+    logits = np.asarray(predict(trained.params, trained.model_state, padded[None, :, :, None]))
+    return input_pipeline.crop_to_size(logits[0, :, :, 0], image.shape) > 0
+
+  return segment
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
-  for name in ('workdir', 'input', 'out'):
+  onnx = FLAGS.backend == 'onnx'
+  for name in ('model' if onnx else 'workdir', 'input', 'out'):
     if not FLAGS[name].value:
-      raise UserError(f'--{name} is required')
+      raise UserError(f'--{name} is required' + (' with --backend=onnx' if name == 'model'
+                                                  else ''))
+  if onnx and FLAGS.workdir:
+    raise UserError('--backend=onnx reads --model, not --workdir')
+  if not onnx and FLAGS.model:
+    raise UserError('--model needs --backend=onnx')
   files = list_inputs(FLAGS.input)
-  stems = predict_files(FLAGS.workdir, files, FLAGS.out, mask_dir=FLAGS.mask_dir)
+  stems = predict_files(FLAGS.workdir, files, FLAGS.out, mask_dir=FLAGS.mask_dir,
+                        onnx_model=FLAGS.model if onnx else None)
   print(f'wrote {len(stems)} masks and overlays to {FLAGS.out}')
 
 

@@ -193,9 +193,9 @@ def _diff_keys(a: dict, b: dict, prefix: str = '') -> list[str]:
   return keys
 
 
-def _has_checkpoint(workdir: str) -> bool:
+def _has_checkpoint(workdir: str, subs=('latest', 'best')) -> bool:
   ckpt = os.path.join(workdir, 'checkpoints')
-  return any(name.isdigit() for sub in ('latest', 'best')
+  return any(name.isdigit() for sub in subs
              for name in (os.listdir(os.path.join(ckpt, sub))
                           if os.path.isdir(os.path.join(ckpt, sub)) else ()))
 
@@ -374,10 +374,11 @@ def load_run(workdir: str) -> TrainedRun:
   """The best checkpoint of a run, with its model and normalisation."""
   config = load_config(workdir)
   model = model_lib.from_config(config)
+  best_dir = os.path.join(workdir, 'checkpoints', 'best')
+  if not _has_checkpoint(workdir, ('best',)):  # before a manager creates folders
+    raise UserError(f'{best_dir} holds no checkpoint yet')
   _, best = _managers(workdir)
   step = best.latest_step()
-  if step is None:
-    raise UserError(f'{os.path.join(workdir, "checkpoints", "best")} holds no checkpoint yet')
   params, model_state = split_variables(
       jax.eval_shape(lambda: model_lib.init(model, jax.random.PRNGKey(0))))
   r = best.restore(step, args=ocp.args.Composite(
@@ -633,10 +634,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if step in r.best.all_steps():
       return  # a resumed run redoing this epoch: the same parameters are already there
     s = seed_state(k)
-    r.best.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave({'params': s['params'], 'model_state': s['model_state']}),
-        meta=ocp.args.JsonSave({'epoch': epoch, 'mean': mean, 'std': std, 'val': val})),
-        force=True)
+    write_best(r.workdir, s['params'], s['model_state'],
+               {'epoch': epoch, 'mean': mean, 'std': std, 'val': val}, step, manager=r.best)
 
   for epoch in range(start_epoch, config.num_epochs):
     bar = tqdm(range(steps_per_epoch), desc=f'epoch {epoch + 1}/{config.num_epochs}',
