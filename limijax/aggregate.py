@@ -36,6 +36,7 @@ import re
 import sys
 from typing import Any
 
+from limijax.defaults import diff_keys
 from limijax.errors import UserError, run
 from limijax.metrics import format_metrics
 
@@ -114,18 +115,6 @@ def load_run(run_dir: str) -> dict:
 
 
 # --------------------------------------------------------------------------- statistics
-def diff_keys(a: dict, b: dict, prefix: str = '') -> list[str]:
-  """Dotted keys whose values differ between two nested config dicts."""
-  keys = []
-  for k in sorted(set(a) | set(b)):
-    va, vb = a.get(k, '<absent>'), b.get(k, '<absent>')
-    if isinstance(va, dict) and isinstance(vb, dict):
-      keys += diff_keys(va, vb, f'{prefix}{k}.')
-    elif va != vb:
-      keys.append(f'{prefix}{k}')
-  return keys
-
-
 def _is_number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

@@ -76,6 +76,18 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def diff_keys(a: dict, b: dict, prefix: str = '') -> list[str]:
+  """Dotted keys whose values differ between two nested config dicts (as JSON)."""
+  keys = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k, '<absent>'), b.get(k, '<absent>')
+    if isinstance(va, dict) and isinstance(vb, dict):
+      keys += diff_keys(va, vb, f'{prefix}{k}.')
+    elif va != vb:
+      keys.append(f'{prefix}{k}')
+  return keys
+
+
 def config_from_file(path: str) -> ml_collections.ConfigDict:
   """``get_config()`` of another config file, so that a variant (an ablation) starts
   from its base experiment's file instead of repeating its settings."""

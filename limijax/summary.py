@@ -28,7 +28,7 @@ import math
 import jax
 import jax.extend
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from limijax import model as model_lib

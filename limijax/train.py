@@ -182,17 +182,6 @@ def _config_dict(config) -> dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def _diff_keys(a: dict, b: dict, prefix: str = '') -> list[str]:
-  keys = []
-  for k in sorted(set(a) | set(b)):
-    va, vb = a.get(k, '<absent>'), b.get(k, '<absent>')
-    if isinstance(va, dict) and isinstance(vb, dict):
-      keys += _diff_keys(va, vb, f'{prefix}{k}.')
-    elif va != vb:
-      keys.append(f'{prefix}{k}')
-  return keys
-
-
 def _has_checkpoint(workdir: str, subs=('latest', 'best')) -> bool:
   ckpt = os.path.join(workdir, 'checkpoints')
   return any(name.isdigit() for sub in subs
@@ -216,7 +205,7 @@ def claim_workdir(config, workdir: str) -> None:
         theirs = json.load(f)
     except (OSError, ValueError) as e:
       raise UserError(f'{path} is unreadable ({e}); refusing to touch this workdir') from None
-    diff = _diff_keys(theirs, mine)
+    diff = defaults.diff_keys(theirs, mine)
     if diff:
       shown = ', '.join(diff[:6]) + (' ...' if len(diff) > 6 else '')
       raise UserError(f'workdir {workdir} was made by another config (differs at {shown}); '

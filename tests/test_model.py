@@ -162,7 +162,7 @@ def test_inference_does_not_use_side_heads(default_vars):
   b = infer(inference_only)  # would fail if sides were read
   np.testing.assert_array_equal(a, b)
   final, _ = jax.jit(lambda p: m.apply({'params': p}, x, train=True))(params)
-  np.testing.assert_allclose(final, a, atol=1e-6)  # GroupNorm: train and eval agree
+  np.testing.assert_allclose(final, a, rtol=1e-6, atol=1e-5)  # GroupNorm: train = eval
 
 
 def test_batchnorm_stem_updates_stats_in_training_and_uses_them_in_eval():
@@ -207,7 +207,6 @@ def test_eca_rescales_each_channel_by_a_sigmoid_gate():
 
 def test_from_config_builds_each_ablation_config():
   import pathlib
-  from limijax import train  # its config diff is the one that guards workdirs
   root = pathlib.Path(__file__).resolve().parents[1] / 'configs'
   seen, configs = {}, {}
   for path in sorted(itertools.chain(root.glob('*.py'), (root / 'ablations').glob('*.py'))):
@@ -220,7 +219,7 @@ def test_from_config_builds_each_ablation_config():
   switched = {'no_its': 'data.its.enabled', 'no_ses': 'model.stem', 'no_lmb': 'model.block',
               'no_huf': 'model.upsampler', 'no_c2f': 'model.head'}
   for name, key in switched.items():
-    assert train._diff_keys(base, configs[name].to_dict()) == [key], name  # pylint: disable=protected-access
+    assert defaults.diff_keys(base, configs[name].to_dict()) == [key], name
   assert seen['no_ses'].stem == 'dsconv_bn' and seen['no_lmb'].block == 'residual'
   assert seen['no_huf'].upsampler == 'bilinear' and seen['no_c2f'].head == 'fpn'
   assert seen['irstd1k'] == model_lib.LimiNet()

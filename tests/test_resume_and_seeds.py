@@ -1,0 +1,227 @@
+"""Resume after a kill at the awkward moments, several seeds in one process, two devices.
+
+Each test trains the tiny synthetic run of tests/tiny_run.py in process (or in a
+subprocess that sees two CPU devices) and compares it with an uninterrupted run.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from limijax import train
+from tiny_run import REPO, synthetic_config
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  # The folder tests/test_cli_runs.py uses: the data are generated once per test process.
+  path = tmp_path_factory.getbasetemp() / 'limijax-data'
+  path.mkdir(exist_ok=True)
+  return str(path)
+
+
+# --------------------------------------------------------------------------- resume
+class _Killed(BaseException):
+  """Stands for SIGKILL: nothing after the raise runs, files stay as they are."""
+
+
+@pytest.fixture(scope='module')
+def reference_run(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('ref') / 'w')
+  return workdir, train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
+
+
+def _assert_same_run(workdir, reference):
+  ref_dir, ref_results = reference
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  for key in ('best_epoch', 'val', 'test', 'steps', 'baselines'):
+    assert results[key] == ref_results[key], key
+  a, b = train.load_run(workdir), train.load_run(ref_dir)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+
+  def records(w):
+    with open(os.path.join(w, 'metrics.jsonl')) as f:
+      return [{k: v for k, v in json.loads(l).items() if k not in ('wall_time', 'steps_per_s')}
+              for l in f]
+
+  assert records(workdir) == records(ref_dir)
+
+
+def test_resume_when_killed_between_the_best_and_the_latest_save(
+    data_dir, tmp_path, monkeypatch, reference_run):
+  real_managers = train._managers  # pylint: disable=protected-access
+
+  def managers(workdir, **kwargs):
+    latest, best = real_managers(workdir, **kwargs)
+    real_save = latest.save
+
+    def save(step, *args, **kwargs):
+      if step in best.all_steps():  # best of this epoch written, latest not yet
+        raise _Killed()
+      return real_save(step, *args, **kwargs)
+
+    latest.save = save
+    return latest, best
+
+  workdir = str(tmp_path / 'w')
+  monkeypatch.setattr(train, '_managers', managers)
+  with pytest.raises(_Killed):
+    train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
+  assert os.listdir(os.path.join(workdir, 'checkpoints', 'best')) == ['8']
+  assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints', 'latest'))
+              if n.isdigit()]
+  monkeypatch.setattr(train, '_managers', real_managers)
+  train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
+  _assert_same_run(workdir, reference_run)
+
+
+def test_resume_when_killed_during_the_final_test(data_dir, tmp_path, monkeypatch,
+                                                  reference_run):
+  real_evaluate = train.evaluate_source
+
+  def evaluate(*args, desc='eval', **kwargs):
+    if desc == 'test':
+      raise _Killed()
+    return real_evaluate(*args, desc=desc, **kwargs)
+
+  workdir = str(tmp_path / 'w')
+  monkeypatch.setattr(train, 'evaluate_source', evaluate)
+  with pytest.raises(_Killed):
+    train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  monkeypatch.setattr(train, 'evaluate_source', real_evaluate)
+  train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
+  _assert_same_run(workdir, reference_run)
+
+
+# --------------------------------------------------------------------------- num_seeds
+@pytest.fixture(scope='module')
+def two_seeds(data_dir, tmp_path_factory):
+  """seeds 1 and 2 in one process (seed 1 is reference_run's seed)."""
+  workdir = str(tmp_path_factory.mktemp('two') / 'w')
+  config = synthetic_config(data_dir, num_seeds=2)
+  return workdir, train.train_and_evaluate(config, workdir, progress=False)
+
+
+def test_num_seeds_gives_each_seed_its_single_run(data_dir, tmp_path, two_seeds, reference_run):
+  workdir, results = two_seeds
+  assert [r['seed'] for r in results['runs']] == [1, 2] and not results['diverged']
+  assert sorted(os.listdir(workdir)) == ['config.json', 'seed_1', 'seed_2']
+  single2 = train.train_and_evaluate(synthetic_config(data_dir, seed=2), str(tmp_path / 's2'),
+                                     progress=False)
+  # vmap batches the same arithmetic; metrics equal to 1e-3, the same best epochs.
+  for run, single in zip(results['runs'], (reference_run[1], single2)):
+    assert run['workdir'] == os.path.join(workdir, f'seed_{run["seed"]}')
+    assert run['best_epoch'] == single['best_epoch']
+    for split in ('val', 'test'):
+      for key in ('miou', 'niou', 'pd', 'fa_e6'):
+        assert run[split][key] == pytest.approx(single[split][key], abs=1e-3), (split, key)
+    # Each seed's folder is a run of its own: its config is the single run's.
+    with open(os.path.join(run['workdir'], 'config.json')) as f:
+      stored = json.load(f)
+    assert stored['seed'] == run['seed'] and stored['num_seeds'] == 1
+    assert train.evaluate_workdir(run['workdir'], 'test') == run['test']
+  a, b = (train.load_run(r['workdir']).params for r in results['runs'])
+  assert not np.array_equal(a['head']['logit']['kernel'], b['head']['logit']['kernel'])
+  assert results['runs'][0]['baselines'] == results['runs'][1]['baselines']  # top-hat once
+
+
+def test_num_seeds_resume_when_killed_between_two_seeds_saves(data_dir, tmp_path, monkeypatch,
+                                                              two_seeds):
+  real_managers = train._managers  # pylint: disable=protected-access
+
+  def managers(workdir, **kwargs):
+    latest, best = real_managers(workdir, **kwargs)
+    if workdir.endswith('seed_2'):
+      real_save = latest.save
+
+      def save(step, *args, **kw):
+        if step == 16:  # seed 1 holds epoch 2, seed 2 only epoch 1
+          raise _Killed()
+        return real_save(step, *args, **kw)
+
+      latest.save = save
+    return latest, best
+
+  workdir = str(tmp_path / 'w')
+  monkeypatch.setattr(train, '_managers', managers)
+  with pytest.raises(_Killed):
+    train.train_and_evaluate(synthetic_config(data_dir, num_seeds=2), workdir, progress=False)
+  assert train._managers(os.path.join(workdir, 'seed_1'))[0].all_steps() == [8, 16]
+  monkeypatch.setattr(train, '_managers', real_managers)
+  results = train.train_and_evaluate(synthetic_config(data_dir, num_seeds=2), workdir,
+                                     progress=False)
+  ref_dir, ref = two_seeds
+  for run, expected in zip(results['runs'], ref['runs']):
+    _assert_same_run(run['workdir'], (expected['workdir'], expected))
+
+
+def test_num_seeds_a_diverged_seed_stops_alone(data_dir, tmp_path, monkeypatch, two_seeds):
+  real_make_train_step = train.make_train_step
+
+  def make_train_step(*args, **kwargs):
+    step_fn = real_make_train_step(*args, **kwargs)
+
+    def poisoned(state, batch):
+      new, out = step_fn(state, batch)
+      if int(new['step'][1]) == 10:  # seed 2's weights blow up in epoch 2
+        new['params'] = jax.tree.map(lambda p: p.at[1].multiply(np.float32('nan')),
+                                     new['params'])
+      return new, out
+
+    return poisoned
+
+  monkeypatch.setattr(train, 'make_train_step', make_train_step)
+  workdir = str(tmp_path / 'w')
+  results = train.train_and_evaluate(synthetic_config(data_dir, num_seeds=2), workdir,
+                                     progress=False)
+  assert [r['seed'] for r in results['runs']] == [1]
+  assert 'step 11' in results['diverged'][2] and 'step 8' in results['diverged'][2]
+  assert not os.path.exists(os.path.join(workdir, 'seed_2', 'results.json'))
+  assert train._managers(os.path.join(workdir, 'seed_2'))[0].all_steps() == [8]
+  # Seed 1 went on as if alone.
+  assert results['runs'][0]['test'] == two_seeds[1]['runs'][0]['test']
+
+
+# --------------------------------------------------------------------------- data parallel
+def _two_device_run(data_dir, workdir, **overrides):
+  """The tiny run in a fresh process that sees two CPU devices."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  values = {'seed': 1, 'data.root': '/unused/by/synthetic', 'data.split_seed': 1,
+            'num_epochs': 3, 'batch_size': 4, 'eval_every_epochs': 1, 'data.image_size': 32,
+            'data.num_images': 50, 'data.synthetic_size': 32, 'data.its.enabled': True,
+            'data.data_dir': data_dir, **overrides}
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'limijax.main', f'--config={REPO / "configs" / "synthetic.py"}',
+       f'--workdir={workdir}', '--progress=false',
+       *(f'--config.{k}={v}' for k, v in values.items())],
+      capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert 'data parallel over 2 devices' in proc.stderr
+  return proc
+
+
+@pytest.mark.parametrize('num_seeds', [1, 2])  # the batch split / the seeds split
+def test_two_devices_train_what_one_device_trains(data_dir, tmp_path, reference_run, two_seeds,
+                                                  num_seeds):
+  workdir = tmp_path / 'w'
+  _two_device_run(data_dir, str(workdir), num_seeds=num_seeds)
+  if num_seeds == 1:
+    pairs = [(workdir, reference_run[1])]
+  else:
+    pairs = [(workdir / f'seed_{r["seed"]}', r) for r in two_seeds[1]['runs']]
+  for folder, expected in pairs:
+    with open(folder / 'results.json') as f:
+      got = json.load(f)
+    # Sums over a batch split in two are added in another order: metrics within 1e-2.
+    assert got['best_epoch'] == expected['best_epoch']
+    for key in ('miou', 'niou', 'pd'):
+      assert got['test'][key] == pytest.approx(expected['test'][key], abs=1e-2), key
