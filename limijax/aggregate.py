@@ -379,4 +379,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  run(main)
+  run(main, positional=True)

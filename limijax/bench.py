@@ -188,8 +188,6 @@ def format_table(r: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   results = run_all(FLAGS.repeats, FLAGS.batch_size, FLAGS.impls, FLAGS.workers,
                     FLAGS.pipeline_batches)
   print(format_table(results))

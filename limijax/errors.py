@@ -31,11 +31,15 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
-def cli_main(main: Callable[[Sequence[str]], object]) -> Callable[[Sequence[str]], object]:
-  """Wrap an ``absl.app`` main so a UserError ends as one line and exit status 2."""
+def cli_main(main: Callable[[Sequence[str]], object],
+             positional: bool = False) -> Callable[[Sequence[str]], object]:
+  """Wrap an ``absl.app`` main so a UserError ends as one line and exit status 2. Unless
+  the command takes ``positional`` arguments, any left after the flags is refused."""
 
   def wrapped(argv: Sequence[str]):
     try:
+      if not positional and len(argv) > 1:
+        raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
       return main(argv)
     except UserError as e:
       fail(str(e))
@@ -55,8 +59,8 @@ def _parse_flags(argv):
     fail(f'{type(e).__name__}: {e}' if not isinstance(e, flags.Error) else str(e))
 
 
-def run(main: Callable[[Sequence[str]], object]) -> None:
+def run(main: Callable[[Sequence[str]], object], positional: bool = False) -> None:
   """``absl.app.run`` for limijax commands: flag and config errors and UserErrors end as
-  one line on stderr and exit status 2."""
+  one line on stderr and exit status 2 (see :func:`cli_main` for ``positional``)."""
   from absl import app  # pylint: disable=g-import-not-at-top
-  app.run(cli_main(main), flags_parser=_parse_flags)
+  app.run(cli_main(main, positional), flags_parser=_parse_flags)

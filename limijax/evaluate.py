@@ -144,8 +144,6 @@ def _print_metrics(result: dict) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   workdir, pred_dir, mask_dir = FLAGS.workdir, FLAGS.pred_dir, FLAGS.mask_dir
   folders_mode = pred_dir is not None or mask_dir is not None
   if workdir is not None and folders_mode:

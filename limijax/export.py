@@ -290,8 +290,6 @@ def check(trained, path: str, progress: bool = False) -> dict:
 
 # --------------------------------------------------------------------------- command
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   for name in ('workdir', 'out'):
     if not FLAGS[name].value:
       raise UserError(f'--{name} is required')

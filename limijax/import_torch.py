@@ -86,8 +86,6 @@ def import_state_dict(path: str, config, workdir: str, mean: float | None = None
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   for name in ('state_dict', 'workdir'):
     if not FLAGS[name].value:
       raise UserError(f'--{name} is required')

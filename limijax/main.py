@@ -17,7 +17,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from limijax import defaults
-from limijax.errors import UserError, run
+from limijax.errors import run
 
 FLAGS = flags.FLAGS
 
@@ -54,8 +54,6 @@ def _enable_compilation_cache() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = defaults.checked(FLAGS.config)
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS['config']))
   print(f'workdir: {workdir}', flush=True)

@@ -249,8 +249,6 @@ def _jax_segmenter(workdir: str):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   onnx = FLAGS.backend == 'onnx'
   for name in ('model' if onnx else 'workdir', 'input', 'out'):
     if not FLAGS[name].value:

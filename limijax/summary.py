@@ -121,8 +121,6 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   s = summarize(defaults.checked(FLAGS.config), FLAGS.size)
   print(f'Limi-Net  stem={s["model"]["stem"]} block={s["model"]["block"]} '
         f'upsampler={s["model"]["upsampler"]} head={s["model"]["head"]}')

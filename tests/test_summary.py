@@ -112,7 +112,8 @@ def test_cli_json_contract():
 def test_cli_bad_size_and_typo_are_one_line():
   for args, needle in ((('--size=250',), 'multiple of 16'),
                        (('--config.modle.stem=ses',), 'modle'),
-                       (('--config.model.stem=tiny',), 'model.stem')):
+                       (('--config.model.stem=tiny',), 'model.stem'),
+                       (('stray',), 'unexpected arguments: stray')):
     r = _run('--config=configs/nudt.py', *args)
     assert r.returncode == 2
     assert needle in r.stderr and 'Traceback' not in r.stderr

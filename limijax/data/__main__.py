@@ -38,8 +38,6 @@ def define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.root:
     raise UserError('--root: not set; name the dataset folder to inspect')
   if FLAGS.split is not None and FLAGS.split not in SPLITS:
