@@ -142,11 +142,13 @@ def _components(mask: np.ndarray):
   image below 200,000 px a side, and float64 represents all such integers exactly.
   """
   labels, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-  flat = labels.ravel()
-  areas = np.bincount(flat, minlength=n + 1)[1:].astype(np.int64)
-  rows, cols = np.indices(mask.shape)
-  row_sum = np.bincount(flat, weights=rows.ravel(), minlength=n + 1)[1:]
-  col_sum = np.bincount(flat, weights=cols.ravel(), minlength=n + 1)[1:]
+  # Only the labelled pixels are visited: small-target masks are almost all background.
+  where = np.flatnonzero(labels)
+  flat = labels.ravel()[where] - 1
+  rows, cols = np.divmod(where, mask.shape[1])
+  areas = np.bincount(flat, minlength=n).astype(np.int64)
+  row_sum = np.bincount(flat, weights=rows, minlength=n)
+  col_sum = np.bincount(flat, weights=cols, minlength=n)
   return labels, areas, row_sum.astype(np.int64), col_sum.astype(np.int64)
 
 

@@ -90,9 +90,13 @@ def generate(num_images: int, size: int, seed: int) -> Iterator[tuple[str, np.nd
   if size < MIN_SIZE:
     raise UserError(f'data.synthetic_size must be >= {MIN_SIZE}, got {size}')
   for index in range(num_images):
-    rng = np.random.default_rng([seed, index])
-    image, mask = make_image(rng, size)
-    yield f'syn_{index:05d}', image, mask
+    yield scene(index, size, seed)
+
+
+def scene(index: int, size: int, seed: int) -> tuple[str, np.ndarray, np.ndarray]:
+  """Image ``index`` of :func:`generate`: ``(id, image, mask)``."""
+  image, mask = make_image(np.random.default_rng([seed, index]), size)
+  return f'syn_{index:05d}', image, mask
 
 
 def make_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,10 @@ folder's images. :func:`folder_dataset` reads a folder straight from its files i
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
+import multiprocessing
 import os
 import pathlib
 import re
@@ -21,6 +23,7 @@ from typing import Any
 from absl import logging
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from limijax import image_io
 from limijax import tfds_builders
@@ -81,6 +84,36 @@ def _fingerprint(plan: plan_lib.Plan) -> str:
   return f'{slug.strip("_")[:32] or "data"}_{digest}'
 
 
+def _write_synthetic_range(tmp: str, start: int, stop: int, size: int, seed: int) -> int:
+  from limijax import synthetic  # pylint: disable=g-import-not-at-top
+  for index in range(start, stop):
+    id_, image, mask = synthetic.scene(index, size, seed)
+    image = np.asarray(image, dtype=np.uint8)
+    mask = (np.asarray(mask) > 0).astype(np.uint8) * 255  # viewable 0/255 on disk
+    Image.fromarray(image).save(os.path.join(tmp, 'images', f'{id_}.png'))
+    Image.fromarray(mask).save(os.path.join(tmp, 'masks', f'{id_}.png'))
+  return stop - start
+
+
+def _write_synthetic(tmp: str, n: int, size: int, seed: int) -> None:
+  """The n scenes as PNG files, in worker processes when there are many (each image is
+  drawn from its own random stream, so the files do not depend on who writes them)."""
+  workers = min(os.cpu_count() or 1, 16, max(1, n // 64))
+  chunk = 32
+  ranges = [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+  bar = tqdm(total=n, desc='generating synthetic images', leave=False)
+  if workers == 1:
+    for a, b in ranges:
+      bar.update(_write_synthetic_range(tmp, a, b, size, seed))
+  else:
+    ctx = multiprocessing.get_context('spawn')  # JAX may already run threads: no fork
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+      futures = [pool.submit(_write_synthetic_range, tmp, a, b, size, seed) for a, b in ranges]
+      for f in concurrent.futures.as_completed(futures):
+        bar.update(f.result())
+  bar.close()
+
+
 def _synthetic_root(data_cfg: Any, data_dir: str) -> str:
   """Writes the synthetic images once as a plain folder (layout ``folder``)."""
   from limijax import synthetic  # pylint: disable=g-import-not-at-top
@@ -105,11 +138,7 @@ def _synthetic_root(data_cfg: Any, data_dir: str) -> str:
     os.makedirs(os.path.join(tmp, 'images'))
     os.makedirs(os.path.join(tmp, 'masks'))
     try:
-      for id_, image, mask in synthetic.generate(n, size, seed):
-        image = np.asarray(image, dtype=np.uint8)
-        mask = (np.asarray(mask) > 0).astype(np.uint8) * 255  # viewable 0/255 on disk
-        Image.fromarray(image).save(os.path.join(tmp, 'images', f'{id_}.png'))
-        Image.fromarray(mask).save(os.path.join(tmp, 'masks', f'{id_}.png'))
+      _write_synthetic(tmp, n, size, seed)
     except BaseException:
       shutil.rmtree(tmp, ignore_errors=True)
       raise
