@@ -4,6 +4,11 @@
 the same command on the same workdir resumes from the latest checkpoint. Any config key
 can be overridden with ``--config.KEY=VALUE``; every key is checked before anything is
 written.
+
+Several processes (machines) train one run together when each is started with
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``, or with
+``--distributed`` alone under a cluster manager JAX reads (SLURM, Open MPI); see the
+README's "Several machines".
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ def _define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Folder of this run (created if absent); default '
                       'workdirs/<config file stem>.')
   flags.DEFINE_bool('progress', True, 'Show progress bars.')
+  flags.DEFINE_bool('distributed', False, 'Join a multi-process run through '
+                    'jax.distributed; implied by the three flags below. Alone, JAX reads '
+                    'them from the cluster (SLURM, Open MPI).')
+  flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, the same for '
+                      'every process (or JAX_COORDINATOR_ADDRESS).')
+  flags.DEFINE_integer('num_processes', None, 'Processes in the run.', lower_bound=1)
+  flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1; process '
+                       '0 writes the files.', lower_bound=0)
 
 
 def default_workdir(config_path: str) -> str:
@@ -60,8 +73,14 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   _enable_compilation_cache()
+  from limijax import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.requested(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           FLAGS.distributed):
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from limijax import train  # pylint: disable=g-import-not-at-top
   results = train.train_and_evaluate(config, workdir, progress=FLAGS.progress)
+  if not distributed.is_primary():  # process 0 reports (and wrote) the results
+    return
   from limijax.metrics import format_metrics as fmt  # pylint: disable=g-import-not-at-top
   runs = results['runs'] if 'runs' in results else [{**results, 'workdir': workdir}]
   for r in runs:

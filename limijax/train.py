@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from limijax import data as data_lib
 from limijax import defaults
+from limijax import distributed
 from limijax import input_pipeline
 from limijax import losses
 from limijax import metrics as metrics_lib
@@ -242,16 +243,18 @@ def _has_checkpoint(workdir: str, subs=('latest', 'best')) -> bool:
                           if os.path.isdir(os.path.join(ckpt, sub)) else ()))
 
 
-def claim_workdir(config, workdir: str) -> None:
+def claim_workdir(config, workdir: str, write: bool = True) -> None:
   """Write config.json, or check that an existing one is this config (nothing written).
 
   A workdir whose run never saved a checkpoint (it stopped before its first epoch ended)
-  holds nothing to protect: another config may take it over.
+  holds nothing to protect: another config may take it over. With ``write`` False (the
+  other processes of a multi-process run) the checks are made and nothing is written.
   """
   path = os.path.join(workdir, 'config.json')
   mine = _config_dict(config)
   if os.path.exists(path) and not _has_checkpoint(workdir):
-    logging.info('%s holds no checkpoint yet: its config.json is replaced', workdir)
+    if write:
+      logging.info('%s holds no checkpoint yet: its config.json is replaced', workdir)
   elif os.path.exists(path):
     try:
       with open(path) as f:
@@ -267,6 +270,8 @@ def claim_workdir(config, workdir: str) -> None:
   if not os.path.exists(path) and os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise UserError(f'workdir {workdir} holds checkpoints but no config.json; refusing to '
                     f'overwrite it: use a new --workdir')
+  if not write:
+    return
   os.makedirs(workdir, exist_ok=True)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
@@ -310,12 +315,15 @@ class MetricsLog:
   replays appear once in TensorBoard, not twice.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, enabled: bool = True):
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.tb = None
     self.tb_dir = os.path.join(workdir, 'tb')
+    self.enabled = enabled  # False: another process of a multi-process run writes it
 
   def truncate(self, size: int) -> None:
+    if not self.enabled:
+      return
     if os.path.exists(self.path):
       with open(self.path, 'r+b') as f:
         f.truncate(size)
@@ -330,6 +338,8 @@ class MetricsLog:
     return os.path.getsize(self.path) if os.path.exists(self.path) else 0
 
   def write(self, event: str, **values) -> None:
+    if not self.enabled:
+      return
     record = {'event': event, **values}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
@@ -421,8 +431,11 @@ def load_run(workdir: str) -> TrainedRun:
     raise UserError(f'{best_dir} holds no checkpoint yet')
   _, best = _managers(workdir)
   step = best.latest_step()
-  params, model_state = split_variables(
-      jax.eval_shape(lambda: model_lib.init(model, jax.random.PRNGKey(0))))
+  # Onto this process's first device, whatever devices (and processes) trained the run.
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  params, model_state = split_variables(jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
+      jax.eval_shape(lambda: model_lib.init(model, jax.random.PRNGKey(0)))))
   r = best.restore(step, args=ocp.args.Composite(
       model=ocp.args.StandardRestore({'params': params, 'model_state': model_state}),
       meta=ocp.args.JsonRestore()))
@@ -499,26 +512,32 @@ def _index(tree, k):
 
 
 def data_parallel(num_seeds: int, batch_size: int, devices=None):
-  """Shardings that spread a step over every local device, or None on one device.
+  """Shardings that spread a step over every device, or None on one device.
 
-  One ``data`` mesh axis over the devices. With ``num_seeds`` divisible by the device
-  count, the seed axis is split (each device trains whole seeds: params, optimiser state
-  and batches of its seeds); otherwise the batch is split and the state replicated. The
-  global batch size stays ``batch_size``. Returns ``(state_sharding, batch_sharding,
-  split)`` with ``split`` ``'seeds'`` or ``'batch'``, or None when there is one device or
-  the work cannot be split evenly (then a warning).
+  One ``data`` mesh axis over the devices (``jax.devices()``: those of every process of
+  a multi-process run). With ``num_seeds`` divisible by the device count and a single
+  process, the seed axis is split (each device trains whole seeds: params, optimiser
+  state and batches of its seeds); otherwise the batch is split and the state
+  replicated, which is how several processes always train (every process then holds the
+  parameters it evaluates). The global batch size stays ``batch_size``. Returns
+  ``(state_sharding, batch_sharding, split)`` with ``split`` ``'seeds'`` or ``'batch'``,
+  or None when there is one device or the work cannot be split evenly (then a warning;
+  with several processes, an error).
   """
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  devices = jax.local_devices() if devices is None else devices
+  devices = jax.devices() if devices is None else devices
   n = len(devices)
   if n == 1:
     return None
   mesh = Mesh(np.array(devices), ('data',))
-  if num_seeds > 1 and num_seeds % n == 0:
+  if num_seeds > 1 and num_seeds % n == 0 and jax.process_count() == 1:
     return NamedSharding(mesh, P('data')), NamedSharding(mesh, P('data')), 'seeds'
   if batch_size % n == 0:
     batch_spec = P('data') if num_seeds == 1 else P(None, 'data')
     return NamedSharding(mesh, P()), NamedSharding(mesh, batch_spec), 'batch'
+  if jax.process_count() > 1:
+    raise UserError(f'config key batch_size: {batch_size} does not divide over the {n} '
+                    f'devices of the {jax.process_count()} processes')
   logging.warning('%d devices divide neither num_seeds (%d) nor batch_size (%d): training '
                   'on one device', n, num_seeds, batch_size)
   return None
@@ -551,7 +570,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   config = defaults.checked(config)
   t_start = time.time()
+  primary = distributed.is_primary()  # the process that writes files
+  progress = progress and primary
+  if not primary:  # process 0 prepares the data once, the others then read it
+    distributed.barrier('data prepared')
   dataset = data_lib.load_dataset(config.data)
+  if primary:
+    distributed.barrier('data prepared')
   for split in ('train', 'val', 'test'):
     if len(getattr(dataset, split)) == 0:
       raise UserError(f'the {split} split of {config.data.root or config.data.name} is empty')
@@ -559,13 +584,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise UserError(f'config key batch_size: {config.batch_size} is larger than the '
                     f'{len(dataset.train)} training images')
   num_seeds = config.num_seeds
-  claim_workdir(config, workdir)
+  claim_workdir(config, workdir, write=primary)
   seed_configs = ([config] if num_seeds == 1 else
                   [seed_config(config, k) for k in range(num_seeds)])
   dirs = seed_workdirs(config, workdir)
   for c, d in zip(seed_configs, dirs):
     if d != workdir:
-      claim_workdir(c, d)
+      claim_workdir(c, d, write=primary)
+  distributed.barrier('workdir claimed')
 
   model = model_lib.from_config(config)
   steps_per_epoch = input_pipeline.steps_per_epoch(len(dataset.train), config.batch_size)
@@ -587,7 +613,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         num_workers=c.data.num_workers)
     latest, best = _managers(d, keep_latest=1 if num_seeds == 1 else 2)
     runs.append(_Run(seed=c.seed, workdir=d, config=c, latest=latest, best=best,
-                     log=MetricsLog(d), train_iter=train_iter,
+                     log=MetricsLog(d, enabled=primary), train_iter=train_iter,
                      meta={'epoch': 0, 'best_miou': -1.0, 'best_epoch': -1, 'mean': mean,
                            'std': std, 'log_size': 0, 'wall_time': 0.0}))
 
@@ -613,9 +639,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state = states[0] if num_seeds == 1 else _stack(states)
   del states
   if shardings is not None:
-    state = jax.device_put(state, shardings[0])
-    logging.info('data parallel over %d devices (%s split)', len(jax.local_devices()),
-                 shardings[2])
+    state = distributed.put(state, shardings[0])
+    logging.info('data parallel over %d devices (%s split)%s', shardings[0].mesh.size,
+                 shardings[2], f' in {jax.process_count()} processes'
+                 if jax.process_count() > 1 else '')
   else:
     state = jax.device_put(state)
   for r in runs:
@@ -625,6 +652,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def seed_state(k: int):
     return state if num_seeds == 1 else _index(state, k)
+
+  def local(tree):
+    """This process's copy of replicated arrays (every array, in a single process)."""
+    return jax.tree.map(lambda x: x if x.is_fully_addressable else x.addressable_data(0), tree)
 
   def diverge(r: _Run, bad_step: int, loss: float, epoch: int) -> None:
     last = r.latest.latest_step()
@@ -646,7 +677,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """Fetch the outputs since the last log line: check them for NaN, log their means."""
     if not pending:
       return
-    outs = jax.device_get([o for _, o in pending])
+    outs = jax.device_get(local([o for _, o in pending]))
     steps = [s for s, _ in pending]
     rate = len(pending) / max(time.time() - window_start[0], 1e-9)
     for k, r in enumerate(runs):
@@ -694,7 +725,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       else:
         batch = _stack([next(r.train_iter) for r in runs])
       if shardings is not None:
-        batch = jax.device_put(batch, shardings[1])
+        batch = distributed.put(batch, shardings[1])
       state, out = train_step(state, batch)
       step += 1
       pending.append((step, out))
@@ -709,7 +740,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if r.diverged:
         continue
       if evaluate_now:
-        s = seed_state(k)
+        s = local(seed_state(k))
         val = evaluate_source(predict, s['params'], s['model_state'], dataset.val, mean, std,
                               desc='val', progress=progress,
                               batch_size=config.eval_batch_size)
@@ -720,7 +751,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if val['miou'] > r.meta['best_miou']:
           r.meta.update(best_miou=val['miou'], best_epoch=done)
           save_best(r, k, done, val)
-        if time.time() - r.last_plot >= PLOT_EVERY_S or done == config.num_epochs:
+        if primary and (time.time() - r.last_plot >= PLOT_EVERY_S or
+                        done == config.num_epochs):
           # Drawing costs ~0.2 s: redrawn at most every PLOT_EVERY_S, and after the test.
           plot_curves(r.log.read(), os.path.join(r.workdir, 'curves.png'))
           r.last_plot = time.time()
@@ -755,11 +787,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         'dataset': {'name': dataset.name, 'layout': dataset.layout},
     }
     r.log.write('test', step=step, epoch=best_meta['epoch'], **test)
-    plot_curves(r.log.read(), os.path.join(r.workdir, 'curves.png'))
-    tmp = os.path.join(r.workdir, 'results.json.tmp')
-    with open(tmp, 'w') as f:
-      json.dump(results, f, indent=2)
-    os.replace(tmp, os.path.join(r.workdir, 'results.json'))
+    if primary:
+      plot_curves(r.log.read(), os.path.join(r.workdir, 'curves.png'))
+      tmp = os.path.join(r.workdir, 'results.json.tmp')
+      with open(tmp, 'w') as f:
+        json.dump(results, f, indent=2)
+      os.replace(tmp, os.path.join(r.workdir, 'results.json'))
     logging.info('done in %.1f s: %stest mIoU %.4f (best epoch %d)', time.time() - t_start,
                  f'seed {r.seed}: ' if num_seeds > 1 else '', test['miou'], best_meta['epoch'])
     all_results.append({'seed': r.seed, 'workdir': r.workdir, **results})
