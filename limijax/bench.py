@@ -114,7 +114,9 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, desc: str,
   reason stored in ``failed``.
   """
   first, live = {}, {}
-  for name, fn in fns.items():
+  bar = tqdm(fns.items(), desc=f'{desc} (first calls)', leave=False)
+  for name, fn in bar:
+    bar.set_postfix_str(name)  # compiling can take minutes: say what is running
     try:
       t0 = _now()
       fn()
