@@ -7,10 +7,10 @@ __version__ = "0.1.0"
 
 # XLA flag set by default (before JAX starts its backend; a flag already in XLA_FLAGS wins):
 # XLA:CPU of jaxlib 0.10 hands reductions and element-wise fusions to YNNPACK, which
-# runs Limi-Net's GroupNorm statistics (a few groups reduced over a whole image) two to
-# three times slower than XLA's own loops; with it off, inference at batch 1 takes about
-# half the time and compiles faster (BENCHMARKS.md). Only for the jaxlib minor version it
-# was measured on: XLA aborts on a flag it does not know. LIMIJAX_XLA_DEFAULTS=0 turns it off.
+# runs Limi-Net's GroupNorm statistics (a few groups reduced over a whole image) more
+# slowly than XLA's own loops: inference takes about 1.5x as long with it on a 2-core CPU
+# (README, Speed). Only for the jaxlib minor version it was measured on: XLA aborts on a
+# flag it does not know. LIMIJAX_XLA_DEFAULTS=0 turns it off.
 _YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type='
 
 
