@@ -10,7 +10,10 @@ grouped convolution is the natural choice. Every function here takes ``impl``:
   transposed convolution);
 * ``'auto'``    - ``'shift'`` on the CPU backend, ``'grouped'`` elsewhere.
 
-Both forms give the same numbers (tests check outputs and gradients to 1e-5). Kernels
+Both forms give the same numbers (tests check outputs and gradients to 1e-5). The shift
+forms carry hand-written gradients (``jax.custom_vjp``): autodiff of k*k slices would
+transpose each into a pad of the whole input and add them up, a backward pass many
+times the size of the forward that is slow to compile and to run. Kernels
 are stored as ``(kh, kw, 1, C)`` — flax's layout for a grouped conv with one input
 channel per group — so parameters do not depend on the implementation chosen.
 Padding is always explicit, PyTorch style (``padding = k // 2``), because flax's
@@ -18,6 +21,8 @@ Padding is always explicit, PyTorch style (``padding = k // 2``), because flax's
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +38,112 @@ def resolve_impl(impl: str) -> str:
   if impl == 'auto':
     return 'shift' if jax.default_backend() == 'cpu' else 'grouped'
   return impl
+
+
+def _window(xp: jax.Array, r0: int, c0: int, rows: int, cols: int,
+            stride: int = 1) -> jax.Array:
+  """``xp[:, r0 + stride*i, c0 + stride*j, :]`` for ``i < rows``, ``j < cols``."""
+  n, _, _, c = xp.shape
+  return lax.slice(xp, (0, r0, c0, 0),
+                   (n, r0 + stride * (rows - 1) + 1, c0 + stride * (cols - 1) + 1, c),
+                   (1, stride, stride, 1))
+
+
+def _correlate(xp: jax.Array, w2: jax.Array, stride: int, dilation: int,
+               rows: int, cols: int) -> jax.Array:
+  """``sum_ab xp[:, s*i + d*a, s*j + d*b, :] * w2[a, b]`` (a per-channel correlation of
+  the already padded ``xp``), as k*k shifted multiply-adds."""
+  out = None
+  for a in range(w2.shape[0]):
+    for b in range(w2.shape[1]):
+      term = _window(xp, a * dilation, b * dilation, rows, cols, stride) * w2[a, b]
+      out = term if out is None else out + term
+  return out
+
+
+def _correlate_kernel_grad(xp: jax.Array, g: jax.Array, kh: int, kw: int, stride: int,
+                           dilation: int) -> jax.Array:
+  """The gradient of ``sum(g * _correlate(xp, w2, ...))`` with respect to ``w2``:
+  ``(kh, kw, C)``, one reduction over (N, H, W) per tap."""
+  _, rows, cols, _ = g.shape
+  return jnp.stack([
+      jnp.stack([jnp.sum(_window(xp, a * dilation, b * dilation, rows, cols, stride) * g,
+                         axis=(0, 1, 2)) for b in range(kw)])
+      for a in range(kh)])
+
+
+def _phase_taps(k: int, stride: int, dilation: int, pad: int):
+  """Per input phase ``r`` (rows ``stride*m + r``), the taps ``(a, off)`` with
+  ``dx[stride*m + r] += g[m + off] * w[a]``: the transpose of ``out[i] = sum_a
+  xp[stride*i + dilation*a]`` reads ``g[(r + pad - dilation*a) / stride]`` where exact."""
+  return [[(a, (r + pad - dilation * a) // stride) for a in range(k)
+           if (r + pad - dilation * a) % stride == 0] for r in range(stride)]
+
+
+def _conv_input_grad(g: jax.Array, w2: jax.Array, h: int, w: int, stride: int,
+                     dilation: int) -> jax.Array:
+  """The gradient of the shift form with respect to its (unpadded, ``h`` x ``w``) input:
+  for stride 1 a correlation with the flipped kernel; for stride s, one such
+  correlation per (row, column) phase, interleaved (no multiplications by zeros)."""
+  n, ho, wo, c = g.shape
+  k = w2.shape[0]
+  pad = dilation * (k // 2)
+  taps = _phase_taps(k, stride, dilation, pad)
+  mh, mw = -(-h // stride), -(-w // stride)  # rows, columns per phase (the last may spill)
+  offs = [o for t in taps for _, o in t] or [0]
+  lo = max(0, -min(offs))
+  hi_r = max(0, mh - 1 + max(offs) - (ho - 1))
+  hi_c = max(0, mw - 1 + max(offs) - (wo - 1))
+  gp = jnp.pad(g, ((0, 0), (lo, hi_r), (lo, hi_c), (0, 0)))
+  phases = []
+  for r in range(stride):
+    row = []
+    for q in range(stride):
+      acc = None
+      for a, oa in taps[r]:
+        for b, ob in taps[q]:
+          term = _window(gp, lo + oa, lo + ob, mh, mw) * w2[a, b]
+          acc = term if acc is None else acc + term
+      row.append(jnp.zeros((n, mh, mw, c), g.dtype) if acc is None else acc)
+    phases.append(row)
+  if stride == 1:
+    return phases[0][0]
+  # Interleave: dx[stride*m + r, stride*p + q] = phases[r][q][m, p].
+  dx = jnp.stack([jnp.stack(r, axis=3) for r in phases], axis=2)
+  dx = dx.reshape(n, stride * mh, stride * mw, c)
+  return dx[:, :h, :w]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _shift_conv(x: jax.Array, w2: jax.Array, stride: int, dilation: int) -> jax.Array:
+  return _shift_conv_fwd(x, w2, stride, dilation)[0]
+
+
+def _shift_conv_fwd(x, w2, stride, dilation):
+  _, h, w, _ = x.shape
+  k = w2.shape[0]
+  pad = dilation * (k // 2)
+  ho = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+  wo = (w + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  return _correlate(xp, w2, stride, dilation, ho, wo), (x, w2)
+
+
+def _shift_conv_bwd(stride, dilation, res, g):
+  # Written by hand: differentiating k*k slices gives k*k pads and adds of full-size
+  # buffers (over a thousand pad ops in the training step) and a long compile.
+  x, w2 = res
+  _, h, w, _ = x.shape
+  k = w2.shape[0]
+  pad = dilation * (k // 2)
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  dx = _conv_input_grad(g, w2, h, w, stride, dilation)
+  if x.shape[-1] != dx.shape[-1]:  # one input channel broadcast to every output channel
+    dx = jnp.sum(dx, axis=-1, keepdims=True)
+  return dx, _correlate_kernel_grad(xp, g, k, k, stride, dilation)
+
+
+_shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
@@ -54,21 +165,25 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
         padding=((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
         dimension_numbers=_NHWC, feature_group_count=x.shape[-1])
   # Shift-and-add: output pixel (i, j) reads input (stride*i + dilation*a - pad, ...).
-  n, h, w, c = x.shape
-  ho = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
-  wo = (w + 2 * pad - dilation * (k - 1) - 1) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  w2 = kernel[:, :, 0, :].astype(x.dtype)
-  out = None
-  for a in range(k):
-    for b in range(k):
-      r0, c0 = a * dilation, b * dilation
-      tap = lax.slice(xp, (0, r0, c0, 0),
-                      (n, r0 + stride * (ho - 1) + 1, c0 + stride * (wo - 1) + 1, c),
-                      (1, stride, stride, 1))
-      term = tap * w2[a, b]
-      out = term if out is None else out + term
-  return out
+  return _shift_conv(x, kernel[:, :, 0, :].astype(x.dtype), stride, dilation)
+
+
+def conv_one_channel(x: jax.Array, kernel: jax.Array, *, impl: str = 'auto') -> jax.Array:
+  """Dense k x k convolution, stride 1, padding ``k // 2``, of a one-channel NHWC ``x``
+  with ``kernel`` of shape (k, k, 1, C_out) (flax's ``nn.Conv`` layout): the stem's first
+  convolution on a grey image. With one input channel every output channel is a
+  depthwise convolution of the same image, so the shift form applies; XLA's CPU
+  convolution is slow for this shape.
+  """
+  k = kernel.shape[0]
+  if x.shape[-1] != 1 or kernel.shape[:3] != (k, k, 1) or k % 2 != 1:
+    raise ValueError(f'conv_one_channel needs a one-channel input and a (k, k, 1, C) '
+                     f'kernel with k odd, got {x.shape} and {kernel.shape}')
+  if resolve_impl(impl) == 'grouped':
+    return lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), window_strides=(1, 1),
+        padding=((k // 2, k // 2), (k // 2, k // 2)), dimension_numbers=_NHWC)
+  return _shift_conv(x, kernel[:, :, 0, :].astype(x.dtype), 1, 1)
 
 
 def depthwise_conv_transpose2x(x: jax.Array, kernel: jax.Array, *,
@@ -94,11 +209,16 @@ def depthwise_conv_transpose2x(x: jax.Array, kernel: jax.Array, *,
         x, kernel[::-1, ::-1].astype(x.dtype), window_strides=(1, 1),
         padding=((2, 2), (2, 2)), lhs_dilation=(2, 2),
         dimension_numbers=_NHWC, feature_group_count=c)
-  w2 = kernel[:, :, 0, :].astype(x.dtype)
+  return _shift_conv_t2x(x, kernel[:, :, 0, :].astype(x.dtype))
+
+
+@jax.custom_vjp
+def _shift_conv_t2x(x: jax.Array, w2: jax.Array) -> jax.Array:
+  n, h, w, c = x.shape
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
 
   def win(dr, dc):  # x[m + dr, q + dc] for all m, q, zero outside
-    return lax.slice(xp, (0, 1 + dr, 1 + dc, 0), (n, 1 + dr + h, 1 + dc + w, c))
+    return _window(xp, 1 + dr, 1 + dc, h, w)
 
   # (offset into x, kernel index) per output parity, from the formula above.
   taps = {0: ((0, 1), (-1, 3)), 1: ((1, 0), (0, 2))}
@@ -116,3 +236,20 @@ def depthwise_conv_transpose2x(x: jax.Array, kernel: jax.Array, *,
   # Interleave: out[2m + pr, 2q + pc] = phases[pr][pc][m, q].
   out = jnp.stack([jnp.stack(r, axis=3) for r in phases], axis=2)  # n, h, 2, w, 2, c
   return out.reshape(n, 2 * h, 2 * w, c)
+
+
+def _shift_conv_t2x_fwd(x, w2):
+  return _shift_conv_t2x(x, w2), (x, w2)
+
+
+def _shift_conv_t2x_bwd(res, g):
+  # The transpose of this transposed convolution is the stride-2 correlation
+  # dx[m] = sum_a g[2m + a - 1] w[a] (kernel 4, padding 1), and the kernel gradient
+  # pairs x[m] with the same windows of g.
+  x, w2 = res
+  _, h, w, _ = x.shape
+  gp = jnp.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return (_correlate(gp, w2, 2, 1, h, w), _correlate_kernel_grad(gp, x, 4, 4, 2, 1))
+
+
+_shift_conv_t2x.defvjp(_shift_conv_t2x_fwd, _shift_conv_t2x_bwd)

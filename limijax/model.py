@@ -155,6 +155,19 @@ class DepthwiseConvTranspose(nn.Module):
     return depthwise.depthwise_conv_transpose2x(x, kernel, impl=self.impl)
 
 
+class OneChannelConv(nn.Module):
+  """3x3 convolution (no bias) of a one-channel input; the parameters of the equivalent
+  ``nn.Conv`` (``kernel`` of shape (3, 3, 1, features)), computed by
+  :func:`limijax.depthwise.conv_one_channel`."""
+  features: int
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', conv_init, (3, 3, 1, self.features), jnp.float32)
+    return depthwise.conv_one_channel(x, kernel, impl=self.impl)
+
+
 def pointwise(features: int, use_bias: bool = False, name: str | None = None) -> nn.Conv:
   return nn.Conv(features, (1, 1), use_bias=use_bias, kernel_init=conv_init, name=name)
 
@@ -202,8 +215,11 @@ class SES(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.mid_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                kernel_init=conv_init, name='conv')(x)
+    if x.shape[-1] == 1:  # a grey image: the same parameters, a faster form on CPU
+      x = OneChannelConv(self.mid_features, impl=self.impl, name='conv')(x)
+    else:
+      x = nn.Conv(self.mid_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                  kernel_init=conv_init, name='conv')(x)
     x = nn.relu(gn(self.mid_features, 'gn1')(x))
     x = DSConv(self.features, impl=self.impl, name='dsconv')(x)
     x = nn.relu(gn(self.features, 'gn2')(x))

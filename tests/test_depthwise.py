@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import linen as flax_nn
 
 from limijax import depthwise
 from limijax import model as model_lib
@@ -36,6 +37,74 @@ def test_depthwise_forms_agree_outputs_and_grads(k, stride, dilation):
   assert ya.shape == (2, 12 // stride, 18 // stride, 5)
   close(ya, yb)
   for a, b in zip(ga, gb):
+    close(a, b)
+
+
+def _grouped_reference(x, w, stride, dilation):
+  """The reference form written out here: XLA's grouped convolution, PyTorch padding."""
+  pad = dilation * (w.shape[0] // 2)
+  return jax.lax.conv_general_dilated(
+      x, w, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1])
+
+
+@pytest.mark.parametrize('k,stride,dilation,h,w', [
+    (3, 1, 1, 9, 7), (3, 2, 1, 9, 7), (7, 1, 1, 11, 13), (7, 2, 1, 11, 13),
+    (7, 2, 1, 16, 10), (3, 2, 2, 9, 12), (5, 3, 1, 10, 8)])
+def test_hand_written_gradient_equals_autodiff_of_grouped(k, stride, dilation, h, w):
+  # The shift form's gradient is written by hand (custom VJP); it must equal jax.grad of
+  # the grouped convolution on odd and even sizes, stride 1, 2 and 3, kernel 3 to 7.
+  x, wt = _rand(11, (2, h, w, 3)), _rand(12, (k, k, 1, 3))
+  ct = _rand(13, _grouped_reference(x, wt, stride, dilation).shape)
+  ref_y, ref_vjp = jax.vjp(lambda x, wt: _grouped_reference(x, wt, stride, dilation), x, wt)
+  y, vjp = jax.vjp(lambda x, wt: depthwise.depthwise_conv(
+      x, wt, stride=stride, dilation=dilation, impl='shift'), x, wt)
+  close(y, ref_y)
+  for got, want in zip(vjp(ct), ref_vjp(ct)):
+    assert got.shape == want.shape
+    close(got, want)
+
+
+def test_hand_written_gradient_golden_1d():
+  # One channel, one row of 4, kernel 3 (taps w = [1, 10, 100]) stride 2, padding 1:
+  # y[0] = 10 x0 + 100 x1, y[1] = x1 + 10 x2 + 100 x3. With cotangent g = [1, 2]:
+  # dx = [10, 100 + 2, 20, 200], dw = [0*1 + x1*2, x0*1 + x2*2, x1*1 + x3*2].
+  x = jnp.array([3.0, 5.0, 7.0, 11.0]).reshape(1, 1, 4, 1)
+  wt = np.zeros((3, 3, 1, 1), np.float32)
+  wt[1, :, 0, 0] = [1.0, 10.0, 100.0]
+  y, vjp = jax.vjp(lambda x, wt: depthwise.depthwise_conv(x, wt, stride=2, impl='shift'),
+                   x, jnp.asarray(wt))
+  np.testing.assert_allclose(np.asarray(y).ravel(), [10 * 3 + 100 * 5, 5 + 70 + 1100])
+  dx, dw = vjp(jnp.array([1.0, 2.0]).reshape(1, 1, 2, 1))
+  np.testing.assert_allclose(np.asarray(dx).ravel(), [10, 102, 20, 200])
+  np.testing.assert_allclose(np.asarray(dw)[1, :, 0, 0], [10, 3 + 14, 5 + 22])
+  np.testing.assert_allclose(np.asarray(dw)[[0, 2]], 0)  # rows 0, 2 read the zero padding
+
+
+@pytest.mark.parametrize('h,w', [(5, 7), (4, 6), (1, 3)])
+def test_transposed_hand_written_gradient_equals_autodiff_of_grouped(h, w):
+  x, wt = _rand(14, (2, h, w, 3)), _rand(15, (4, 4, 1, 3))
+  ct = _rand(16, (2, 2 * h, 2 * w, 3))
+  outs = {}
+  for impl in ('grouped', 'shift'):
+    outs[impl] = jax.vjp(
+        lambda x, wt, impl=impl: depthwise.depthwise_conv_transpose2x(x, wt, impl=impl), x, wt)
+  close(outs['shift'][0], outs['grouped'][0])
+  for got, want in zip(outs['shift'][1](ct), outs['grouped'][1](ct)):
+    assert got.shape == want.shape
+    close(got, want)
+
+
+def test_hand_written_gradients_under_vmap_and_jit():
+  # The training step vmaps over seeds and jits: the custom VJP must batch.
+  x, wt = _rand(17, (3, 2, 8, 6, 2)), _rand(18, (3, 7, 7, 1, 2))
+
+  def loss(impl):
+    return lambda x, wt: jnp.sum(jnp.tanh(depthwise.depthwise_conv(x, wt, stride=2, impl=impl)))
+
+  got = jax.jit(jax.vmap(jax.grad(loss('shift'), (0, 1))))(x, wt)
+  want = jax.vmap(jax.grad(loss('grouped'), (0, 1)))(x, wt)
+  for a, b in zip(got, want):
     close(a, b)
 
 
@@ -121,3 +190,49 @@ def test_auto_resolves_to_shift_on_cpu_and_rejects_unknown():
   assert depthwise.resolve_impl('auto') == 'shift'  # the tests run on the CPU backend
   with pytest.raises(ValueError, match='grouped'):
     depthwise.resolve_impl('fast')
+
+
+def test_one_channel_conv_equals_flax_conv_in_values_parameters_and_gradients():
+  # The stem's first conv: same parameters (name, shape, initial values) as nn.Conv and
+  # the same outputs and kernel gradient in every form.
+  x = _rand(19, (2, 10, 14, 1))
+  ref = flax_nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                     kernel_init=model_lib.conv_init)
+  ref_vars = ref.init(jax.random.PRNGKey(3), x)
+  ref_loss = lambda v: jnp.sum(jnp.sin(ref.apply(v, x)))
+  want_y, want_g = ref.apply(ref_vars, x), jax.grad(ref_loss)(ref_vars)
+  for impl in ('shift', 'grouped'):
+    m = model_lib.OneChannelConv(4, impl=impl)
+    variables = m.init(jax.random.PRNGKey(3), x)
+    np.testing.assert_array_equal(variables['params']['kernel'], ref_vars['params']['kernel'])
+    close(m.apply(variables, x), want_y)
+    g = jax.grad(lambda v: jnp.sum(jnp.sin(m.apply(v, x))))(variables)
+    close(g['params']['kernel'], want_g['params']['kernel'])
+  # The input gradient (unused in training, but the VJP must give the right shape).
+  gx = jax.grad(lambda x: jnp.sum(depthwise.conv_one_channel(x, ref_vars['params']['kernel'],
+                                                             impl='shift') ** 2))(x)
+  want_gx = jax.grad(lambda x: jnp.sum(ref.apply(ref_vars, x) ** 2))(x)
+  assert gx.shape == x.shape
+  close(gx, want_gx)
+
+
+def test_default_xla_flag_is_added_only_where_known_and_never_over_the_users():
+  import importlib.metadata
+  import os
+  import subprocess
+  import sys
+
+  def flags_after_import(**env):
+    base = {k: v for k, v in os.environ.items()
+            if k not in ('XLA_FLAGS', 'LIMIJAX_XLA_DEFAULTS')}
+    out = subprocess.run([sys.executable, '-c', 'import os, limijax; '
+                          'print(repr(os.environ.get("XLA_FLAGS")))'],
+                         env={**base, **env}, capture_output=True, text=True, check=True)
+    return eval(out.stdout.strip())  # noqa: S307 (our own repr of a str or None)
+
+  known = importlib.metadata.version('jaxlib').split('.')[:2] == ['0', '10']
+  assert flags_after_import(XLA_FLAGS='--xla_foo=1') == (
+      '--xla_foo=1 --xla_cpu_experimental_ynn_fusion_type=' if known else '--xla_foo=1')
+  user = '--xla_cpu_experimental_ynn_fusion_type=dot'
+  assert flags_after_import(XLA_FLAGS=user) == user
+  assert flags_after_import(LIMIJAX_XLA_DEFAULTS='0') is None
