@@ -186,3 +186,56 @@ def test_num_seeds_a_diverged_seed_stops_alone(data_dir, tmp_path, monkeypatch, 
   assert train._managers(os.path.join(workdir, 'seed_2'))[0].all_steps() == [8]
   # Seed 1 went on as if alone.
   assert results['runs'][0]['test'] == two_seeds[1]['runs'][0]['test']
+
+
+def test_num_seeds_run_killed_with_sigkill_resumes_identically(data_dir, tmp_path, two_seeds):
+  """The command itself, killed by SIGKILL inside epoch 2 and started again."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from tiny_run import REPO  # pylint: disable=g-import-not-at-top
+
+  workdir = str(tmp_path / 'w')
+  values = {'seed': 1, 'num_seeds': 2, 'data.root': '/unused/by/synthetic',
+            'data.split_seed': 1, 'num_epochs': 3, 'batch_size': 4, 'eval_every_epochs': 1,
+            'data.image_size': 32, 'data.num_images': 50, 'data.synthetic_size': 32,
+            'data.its.enabled': True, 'data.data_dir': data_dir}
+  # The same config as two_seeds (tiny_run.synthetic_config), given as flags.
+  assert train._config_dict(synthetic_config(data_dir, num_seeds=2)) == json.load(
+      open(os.path.join(two_seeds[0], 'config.json')))
+  args = [sys.executable, '-m', 'limijax.main', f'--config={REPO / "configs" / "synthetic.py"}',
+          f'--workdir={workdir}', '--noprogress'] + [f'--config.{k}={v}' for k, v in values.items()]
+  log_path = os.path.join(workdir, 'seed_2', 'metrics.jsonl')
+
+  def seed_2_logged_step_10():  # step 10 is in epoch 2 (8 steps an epoch)
+    try:
+      with open(log_path) as f:
+        return any(json.loads(l).get('step') == 10 for l in f if l.endswith('\n'))
+    except (OSError, ValueError):
+      return False
+
+  with open(tmp_path / 'killed.log', 'w') as log:
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+      deadline = time.monotonic() + 300
+      while not seed_2_logged_step_10():
+        assert proc.poll() is None, (tmp_path / 'killed.log').read_text()[-3000:]
+        assert time.monotonic() < deadline, 'epoch 2 not reached'
+        time.sleep(0.02)
+      proc.send_signal(signal.SIGKILL)
+    finally:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  for seed in (1, 2):  # killed mid-epoch 2: epoch 1's checkpoint, no results
+    seed_dir = os.path.join(workdir, f'seed_{seed}')
+    assert train._managers(seed_dir)[0].all_steps() == [8]
+    assert not os.path.exists(os.path.join(seed_dir, 'results.json'))
+
+  resumed = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-4000:]
+  ref_dir, ref = two_seeds
+  for expected in ref['runs']:
+    seed_dir = os.path.join(workdir, f'seed_{expected["seed"]}')
+    _assert_same_run(seed_dir, (expected['workdir'], expected))
