@@ -25,3 +25,107 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 # XLA's older CPU fusion path compiles these small programs about twice as fast.
 os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0 '
                       '--xla_cpu_use_fusion_emitters=false')
+
+
+# --------------------------------------------------------------------------- shared runs
+# pytest-xdist workers are separate processes: what several test files need (the prepared
+# synthetic data, the tiny trained runs of tests/tiny_run.py) is built once per test run
+# by the first worker that asks, under a file lock, in a folder every worker sees.
+import contextlib  # noqa: E402
+import fcntl  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def shared_dir(tmp_path_factory):
+  base = tmp_path_factory.getbasetemp()
+  # Under xdist each worker's basetemp is <run folder>/popen-gw<N>.
+  root = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+  path = root / 'limijax-shared'
+  path.mkdir(exist_ok=True)
+  return path
+
+
+@contextlib.contextmanager
+def _lock(path):
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def built_once(shared_dir, name, build):
+  """``build(folder)``'s JSON result, computed by the first process that asks; a folder
+  left half built by a process that failed is built anew."""
+  folder, done = shared_dir / name, shared_dir / f'{name}.json'
+  with _lock(shared_dir / f'{name}.lock'):
+    if not done.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      result = build(folder)
+      done.with_suffix('.tmp').write_text(json.dumps(result))
+      done.with_suffix('.tmp').replace(done)
+  return json.loads(done.read_text())
+
+
+@pytest.fixture(scope='session')
+def data_dir(shared_dir):
+  """The tiny run's synthetic images, generated and prepared once per test run."""
+  from limijax.data import load  # pylint: disable=g-import-not-at-top
+  from tiny_run import synthetic_config  # pylint: disable=g-import-not-at-top
+
+  def build(folder):
+    dataset = load.load_dataset(synthetic_config(str(folder)).data)
+    return {'path': str(folder), 'test': len(dataset.test)}
+
+  return built_once(shared_dir, 'data', build)['path']
+
+
+def _train(data_dir, **overrides):
+  from limijax import train  # pylint: disable=g-import-not-at-top
+  from tiny_run import synthetic_config  # pylint: disable=g-import-not-at-top
+
+  def build(folder):
+    workdir = str(folder / 'w')
+    return {'workdir': workdir, 'results': train.train_and_evaluate(
+        synthetic_config(data_dir, **overrides), workdir, progress=False)}
+
+  return build
+
+
+@pytest.fixture(scope='session')
+def tiny_run(shared_dir, data_dir):
+  """(workdir, results) of the tiny run, trained in process once per test run. Read only:
+  a test that changes a run trains its own."""
+  r = built_once(shared_dir, 'tiny-run', _train(data_dir))
+  return r['workdir'], r['results']
+
+
+@pytest.fixture(scope='session')
+def tiny_two_seeds(shared_dir, data_dir):
+  """(workdir, results) of the tiny run with seeds 1 and 2 in one process (num_seeds=2)."""
+  r = built_once(shared_dir, 'tiny-two-seeds', _train(data_dir, num_seeds=2))
+  return r['workdir'], r['results']
+
+
+# --------------------------------------------------------------------------- order
+# The files that take longest go to the two workers first (pyproject.toml turns off
+# xdist's reordering by test count), so that neither worker is left with a long file at
+# the end; the shared runs are built by tests/test_resume_and_seeds.py before
+# tests/test_export.py and tests/test_devices.py read them.
+_LONGEST_FIRST = ('test_cli_runs.py', 'test_resume_and_seeds.py', 'test_train.py',
+                  'test_export.py', 'test_devices.py', 'test_model.py', 'test_depthwise.py',
+                  'test_torch_twin.py', 'test_bench.py')
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = item.path.name
+    return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+  items.sort(key=rank)  # stable: the other files, and the tests in a file, keep their order

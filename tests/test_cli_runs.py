@@ -1,6 +1,6 @@
 """The training CLI and the commands that read a run, used as a user uses them.
 
-One tiny run (50 synthetic 32x32 images, 3 epochs of 8 steps) is trained once per module
+One tiny run (50 synthetic 32x32 images, 2 epochs of 8 steps) is trained once per module
 through ``python -m limijax.main`` and shared by every test here: its workdir is checked,
 re-run, killed-and-resumed against, evaluated and predicted with. All subprocesses share
 the persistent compilation cache that conftest.py sets, so only the first one compiles.
@@ -29,7 +29,7 @@ from scipy import ndimage
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs' / 'synthetic.py')
 METRICS_KEYS = ('miou', 'niou', 'pd', 'fa', 'fa_e6', 'num_images', 'num_targets')
-EPOCHS, STEPS_PER_EPOCH = 3, 8  # 50 images: 10 test, 8 val, 32 train / batch 4
+EPOCHS, STEPS_PER_EPOCH = 2, 8  # 50 images: 10 test, 8 val, 32 train / batch 4
 
 # Every key the README lists for every config, each away from its configs/synthetic.py value.
 OVERRIDES = {
@@ -42,14 +42,6 @@ OVERRIDES = {
     'data.image_size': 32,
     'data.num_images': 50,
 }
-
-
-def _data_dir(tmp_path_factory) -> str:
-  # The same folder for every test module (tests/test_train.py uses it too), so the
-  # synthetic images are generated and prepared once per test process.
-  path = tmp_path_factory.getbasetemp() / 'limijax-data'
-  path.mkdir(exist_ok=True)
-  return str(path)
 
 
 def main_args(workdir, data_dir, **extra):
@@ -124,11 +116,6 @@ def _assert_trees_identical(a, b):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return _data_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope='module')
 def run(tmp_path_factory, data_dir):
   """The tiny run, trained once, uninterrupted."""
   workdir = str(tmp_path_factory.mktemp('run') / 'w')
@@ -200,7 +187,7 @@ def test_every_contract_key_override_is_recorded(run):
 def test_killed_and_resumed_run_equals_uninterrupted_run(run, data_dir, tmp_path):
   workdir = str(tmp_path / 'w')
   args = main_args(workdir, data_dir)
-  kill_after = 10  # a step inside epoch 2 of 3 that logs a train line (log_every_steps 10)
+  kill_after = 10  # a step inside epoch 2 of 2 that logs a train line (log_every_steps 10)
 
   def logged_kill_step():
     try:
@@ -440,6 +427,7 @@ def test_bare_command_finds_the_dataset_where_basicirstd_keeps_it(tmp_path):
   (root / 'img_idx' / 'test_NUDT-SIRST.txt').write_text('\n'.join(ids[20:]) + '\n')
   (home / 'configs').symlink_to(REPO / 'configs')
   small = ['--config.data.image_size=32', '--config.batch_size=4',
+           '--config.model.depthwise=grouped',  # compiles faster (tests/tiny_run.py)
            f'--config.data.data_dir={tmp_path / "prepared"}', '--progress=false']
   # The tests' faster-compiling XLA settings: this run is about finding the data.
   proc = _run([sys.executable, '-m', 'limijax.main', '--config=configs/nudt.py',

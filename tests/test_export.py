@@ -1,9 +1,8 @@
 """Export to PyTorch, safetensors, ONNX and npz, import back, and predict with ONNX, on a
 real (tiny) run, as a user runs the commands.
 
-One run (50 synthetic 32x32 images, 1 epoch of 8 steps, as tests/test_cli_runs.py trains
-its run but shorter) is trained once through ``python -m limijax.main`` and shared by
-every test here. Its trained weights are also compared across JAX, the PyTorch twin and
+The tiny run of tests/tiny_run.py, trained once per test run (tests/conftest.py), is
+shared by every test here. Its trained weights are also compared across JAX, the PyTorch twin and
 onnxruntime at 256x256, 512x512 and 64x96 (the JAX programs are those
 tests/test_torch_twin.py compiles, served by the shared persistent compilation cache).
 """
@@ -20,22 +19,15 @@ from PIL import Image
 import pytest
 import torch
 
+import tiny_run
 import twin_parity as tp
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / 'configs' / 'synthetic.py')
 TIMEOUT = 300
 
 
-def overrides(data_dir):
-  return {'seed': 1, 'data.split_seed': 1, 'num_epochs': 1, 'batch_size': 4,
-          'eval_every_epochs': 1, 'data.image_size': 32, 'data.num_images': 50,
-          'data.synthetic_size': 32, 'data.data_dir': data_dir, 'data.its.enabled': True,
-          'tophat_baseline': False}
-
-
 def _config_args(data_dir):
-  return [f'--config={CONFIG}', *(f'--config.{k}={v}' for k, v in overrides(data_dir).items())]
+  return tiny_run.config_args(data_dir)
 
 
 def _cli(module, *args, env=None):
@@ -70,20 +62,10 @@ def _torch_threads():
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.getbasetemp() / 'limijax-data'  # shared with the other run tests
-  path.mkdir(exist_ok=True)
-  return str(path)
-
-
-@pytest.fixture(scope='module')
-def run(tmp_path_factory, data_dir):
-  """The tiny run, trained once; its results.json and loaded best checkpoint."""
-  workdir = str(tmp_path_factory.mktemp('export-run') / 'w')
-  _ok(_cli('limijax.main', *_config_args(data_dir), f'--workdir={workdir}', '--progress=false'))
-  with open(os.path.join(workdir, 'results.json')) as f:
-    results = json.load(f)
+def run(tiny_run):
+  """The shared tiny run (tests/conftest.py): its results.json and loaded best checkpoint."""
   from limijax import train  # pylint: disable=g-import-not-at-top
+  workdir, results = tiny_run
   return {'workdir': workdir, 'results': results, 'trained': train.load_run(workdir)}
 
 

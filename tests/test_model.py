@@ -148,8 +148,8 @@ def test_jit_grad_finite_on_all_background_and_all_target(name):
     leaves = jax.tree_util.tree_leaves(grads)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
-  out = jax.jit(lambda v, x: m.apply(v, x, train=False))(variables, x)
-  assert out.shape == (2, 64, 96, 1) and bool(jnp.all(jnp.isfinite(out)))
+  # Inference (train=False) of every variant is run, finite and compared with PyTorch at
+  # 64x96 and larger in tests/test_torch_twin.py.
 
 
 def test_inference_does_not_use_side_heads(default_vars):

@@ -1,7 +1,7 @@
-"""Resume after a kill at the awkward moments, several seeds in one process, two devices.
+"""Resume after a kill at the awkward moments, several seeds in one process.
 
-Each test trains the tiny synthetic run of tests/tiny_run.py in process (or in a
-subprocess that sees two CPU devices) and compares it with an uninterrupted run.
+Each test trains the tiny synthetic run of tests/tiny_run.py in process and compares it
+with the uninterrupted runs every test file shares (``tiny_run``, ``tiny_two_seeds``).
 """
 
 import json
@@ -15,23 +15,14 @@ from limijax import train
 from tiny_run import synthetic_config
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  # The folder tests/test_cli_runs.py uses: the data are generated once per test process.
-  path = tmp_path_factory.getbasetemp() / 'limijax-data'
-  path.mkdir(exist_ok=True)
-  return str(path)
-
-
 # --------------------------------------------------------------------------- resume
 class _Killed(BaseException):
   """Stands for SIGKILL: nothing after the raise runs, files stay as they are."""
 
 
-@pytest.fixture(scope='module')
-def reference_run(data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('ref') / 'w')
-  return workdir, train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
+@pytest.fixture
+def reference_run(tiny_run):
+  return tiny_run
 
 
 def _assert_same_run(workdir, reference):
@@ -52,8 +43,10 @@ def _assert_same_run(workdir, reference):
   assert records(workdir) == records(ref_dir)
 
 
-def test_resume_when_killed_between_the_best_and_the_latest_save(
+def test_resume_when_killed_between_the_best_and_latest_saves_then_during_the_final_test(
     data_dir, tmp_path, monkeypatch, reference_run):
+  workdir = str(tmp_path / 'w')
+  # 1. Killed in epoch 1 after the best checkpoint was written, before the latest one.
   real_managers = train._managers  # pylint: disable=protected-access
 
   def managers(workdir, **kwargs):
@@ -68,7 +61,6 @@ def test_resume_when_killed_between_the_best_and_the_latest_save(
     latest.save = save
     return latest, best
 
-  workdir = str(tmp_path / 'w')
   monkeypatch.setattr(train, '_managers', managers)
   with pytest.raises(_Killed):
     train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
@@ -76,12 +68,9 @@ def test_resume_when_killed_between_the_best_and_the_latest_save(
   assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints', 'latest'))
               if n.isdigit()]
   monkeypatch.setattr(train, '_managers', real_managers)
-  train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
-  _assert_same_run(workdir, reference_run)
 
-
-def test_resume_when_killed_during_the_final_test(data_dir, tmp_path, monkeypatch,
-                                                  reference_run):
+  # 2. Resumed (from scratch, the best checkpoint of epoch 1 kept), it trains every epoch
+  # and is killed while testing the best checkpoint.
   real_evaluate = train.evaluate_source
 
   def evaluate(*args, desc='eval', **kwargs):
@@ -89,23 +78,23 @@ def test_resume_when_killed_during_the_final_test(data_dir, tmp_path, monkeypatc
       raise _Killed()
     return real_evaluate(*args, desc=desc, **kwargs)
 
-  workdir = str(tmp_path / 'w')
   monkeypatch.setattr(train, 'evaluate_source', evaluate)
   with pytest.raises(_Killed):
     train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  assert train._managers(workdir)[0].all_steps() == [24]  # pylint: disable=protected-access
   monkeypatch.setattr(train, 'evaluate_source', real_evaluate)
+
+  # 3. Resumed again, it only tests: the run is the uninterrupted one.
   train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
   _assert_same_run(workdir, reference_run)
 
 
 # --------------------------------------------------------------------------- num_seeds
-@pytest.fixture(scope='module')
-def two_seeds(data_dir, tmp_path_factory):
+@pytest.fixture
+def two_seeds(tiny_two_seeds):
   """seeds 1 and 2 in one process (seed 1 is reference_run's seed)."""
-  workdir = str(tmp_path_factory.mktemp('two') / 'w')
-  config = synthetic_config(data_dir, num_seeds=2)
-  return workdir, train.train_and_evaluate(config, workdir, progress=False)
+  return tiny_two_seeds
 
 
 def test_num_seeds_gives_each_seed_its_single_run(data_dir, tmp_path, two_seeds, reference_run):

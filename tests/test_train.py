@@ -17,14 +17,6 @@ from limijax.errors import UserError
 from tiny_run import synthetic_config
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  # The folder tests/test_cli_runs.py uses: the data are generated once per test process.
-  path = tmp_path_factory.getbasetemp() / 'limijax-data'
-  path.mkdir(exist_ok=True)
-  return str(path)
-
-
 # --------------------------------------------------------------------------- schedule
 def _torch_rates(config, steps_per_epoch, epochs):
   """The rate of every step of the paper's recipe in PyTorch: LinearLR per iteration
