@@ -6,13 +6,16 @@ with the uninterrupted runs every test file shares (``tiny_run``, ``tiny_two_see
 
 import json
 import os
+import signal
+import subprocess
+import time
 
 import jax
 import numpy as np
 import pytest
 
 from limijax import train
-from tiny_run import synthetic_config
+from tiny_run import REPO, main_args, synthetic_config
 
 
 # --------------------------------------------------------------------------- resume
@@ -179,22 +182,11 @@ def test_num_seeds_a_diverged_seed_stops_alone(data_dir, tmp_path, monkeypatch, 
 
 def test_num_seeds_run_killed_with_sigkill_resumes_identically(data_dir, tmp_path, two_seeds):
   """The command itself, killed by SIGKILL inside epoch 2 and started again."""
-  import signal  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  from tiny_run import REPO  # pylint: disable=g-import-not-at-top
-
   workdir = str(tmp_path / 'w')
-  values = {'seed': 1, 'num_seeds': 2, 'data.root': '/unused/by/synthetic',
-            'data.split_seed': 1, 'num_epochs': 3, 'batch_size': 4, 'eval_every_epochs': 1,
-            'data.image_size': 32, 'data.num_images': 50, 'data.synthetic_size': 32,
-            'data.its.enabled': True, 'data.data_dir': data_dir}
-  # The same config as two_seeds (tiny_run.synthetic_config), given as flags.
-  assert train._config_dict(synthetic_config(data_dir, num_seeds=2)) == json.load(
-      open(os.path.join(two_seeds[0], 'config.json')))
-  args = [sys.executable, '-m', 'limijax.main', f'--config={REPO / "configs" / "synthetic.py"}',
-          f'--workdir={workdir}', '--noprogress'] + [f'--config.{k}={v}' for k, v in values.items()]
+  args = main_args(workdir, data_dir, num_seeds=2)
+  # The same config as two_seeds, given as flags.
+  with open(os.path.join(two_seeds[0], 'config.json')) as f:
+    assert train._config_dict(synthetic_config(data_dir, num_seeds=2)) == json.load(f)
   log_path = os.path.join(workdir, 'seed_2', 'metrics.jsonl')
 
   def seed_2_logged_step_10():  # step 10 is in epoch 2 (8 steps an epoch)
