@@ -66,6 +66,7 @@ multi-scale FPN-style head, no label-smoothed side supervision).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -426,8 +427,14 @@ def from_config(config, in_channels: int | None = None) -> LimiNet:
 def init(model: LimiNet, rng: jax.Array, size: int = 32) -> dict:
   """Initialise all variables (side heads included) on a (1, size, size, C) input."""
   x = jnp.zeros((1, size, size, model.in_channels), jnp.float32)
-  # jitted: op-by-op initialisation of this many small ops is slower than compiling it
-  return jax.jit(lambda rng, x: model.init(rng, x, train=True))(rng, x)
+  return _jitted_init(model)(rng, x)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_init(model: LimiNet):
+  # jitted: op-by-op initialisation of this many small ops is slower than compiling it;
+  # one jitted function per model (modules are hashable), so it is traced once per process
+  return jax.jit(lambda rng, x: model.init(rng, x, train=True))
 
 
 def count_params(params) -> int:
