@@ -19,12 +19,13 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 from PIL import Image
 import pytest
 from scipy import ndimage
+
+from tiny_run import assert_one_line_error, kill_when
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs' / 'synthetic.py')
@@ -69,14 +70,7 @@ def _last_json(proc):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _assert_one_line_error(proc, *needles):
-  assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-  assert 'Traceback' not in proc.stderr, proc.stderr
-  lines = [l for l in proc.stderr.splitlines() if l.strip()]
-  assert len(lines) == 1, proc.stderr
-  for needle in needles:
-    assert needle in lines[0], (needle, lines[0])
-  return lines[0]
+_assert_one_line_error = assert_one_line_error
 
 
 def _hash_tree(root) -> dict:
@@ -195,19 +189,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(run, data_dir, tmp_path
     except (OSError, ValueError):  # not there yet, or a line half written
       return False
 
-  with open(tmp_path / 'killed.log', 'w') as log:
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=USER_ENV)
-    try:
-      deadline = time.monotonic() + 300
-      while not logged_kill_step():
-        assert proc.poll() is None, (tmp_path / 'killed.log').read_text()[-3000:]
-        assert time.monotonic() < deadline, 'epoch 2 not reached'
-        time.sleep(0.02)
-      proc.send_signal(signal.SIGKILL)
-    finally:
-      proc.kill()
-      proc.wait()
-  assert proc.returncode == -signal.SIGKILL
+  code = kill_when(args, logged_kill_step, tmp_path / 'killed.log', env=USER_ENV)
+  assert code == -signal.SIGKILL
   # Killed mid-epoch 2: epoch 1's checkpoint only, and a train line past it in the log.
   assert _steps(os.path.join(workdir, 'checkpoints', 'latest')) == [STEPS_PER_EPOCH]
   assert not os.path.exists(os.path.join(workdir, 'results.json'))

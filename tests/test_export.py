@@ -40,14 +40,7 @@ def _ok(proc):
   return proc
 
 
-def _one_line_error(proc, *needles):
-  assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
-  assert 'Traceback' not in proc.stderr, proc.stderr
-  lines = [l for l in proc.stderr.splitlines() if l.strip()]
-  assert len(lines) == 1, proc.stderr
-  for needle in needles:
-    assert needle in lines[0], (needle, lines[0])
-  return lines[0]
+_one_line_error = tiny_run.assert_one_line_error
 
 
 def _hash_tree(root):

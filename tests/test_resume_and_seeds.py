@@ -8,14 +8,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import jax
 import numpy as np
 import pytest
 
 from limijax import train
-from tiny_run import REPO, main_args, synthetic_config
+from tiny_run import REPO, kill_when, main_args, synthetic_config
 
 
 # --------------------------------------------------------------------------- resume
@@ -196,19 +195,8 @@ def test_num_seeds_run_killed_with_sigkill_resumes_identically(data_dir, tmp_pat
     except (OSError, ValueError):
       return False
 
-  with open(tmp_path / 'killed.log', 'w') as log:
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-      deadline = time.monotonic() + 300
-      while not seed_2_logged_step_10():
-        assert proc.poll() is None, (tmp_path / 'killed.log').read_text()[-3000:]
-        assert time.monotonic() < deadline, 'epoch 2 not reached'
-        time.sleep(0.02)
-      proc.send_signal(signal.SIGKILL)
-    finally:
-      proc.kill()
-      proc.wait()
-  assert proc.returncode == -signal.SIGKILL
+  code = kill_when(args, seed_2_logged_step_10, tmp_path / 'killed.log')
+  assert code == -signal.SIGKILL
   for seed in (1, 2):  # killed mid-epoch 2: epoch 1's checkpoint, no results
     seed_dir = os.path.join(workdir, f'seed_{seed}')
     assert train._managers(seed_dir)[0].all_steps() == [8]

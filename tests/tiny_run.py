@@ -11,7 +11,10 @@ tests/conftest.py).
 """
 
 import pathlib
+import signal
+import subprocess
 import sys
+import time
 
 from limijax import defaults
 
@@ -46,3 +49,32 @@ def main_args(workdir, data_dir, **overrides):
   """``python -m limijax.main`` training the run into ``workdir``."""
   return [sys.executable, '-m', 'limijax.main', *config_args(data_dir, **overrides),
           f'--workdir={workdir}', '--progress=false']
+
+
+def kill_when(args, ready, log_path, *, env=None, deadline_s=300) -> int:
+  """Start the command ``args`` (output to ``log_path``), SIGKILL it as soon as
+  ``ready()`` is true, and return its exit code (``-SIGKILL`` when killed)."""
+  with open(log_path, 'w') as log:
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    try:
+      deadline = time.monotonic() + deadline_s
+      while not ready():
+        assert proc.poll() is None, pathlib.Path(log_path).read_text()[-3000:]
+        assert time.monotonic() < deadline, 'the moment to kill never came'
+        time.sleep(0.02)
+      proc.send_signal(signal.SIGKILL)
+    finally:
+      proc.kill()
+      proc.wait()
+  return proc.returncode
+
+
+def assert_one_line_error(proc, *needles) -> str:
+  """A command's bad-input exit: code 2, no traceback, one stderr line naming each needle."""
+  assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+  assert 'Traceback' not in proc.stderr, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, proc.stderr
+  for needle in needles:
+    assert needle in lines[0], (needle, lines[0])
+  return lines[0]
