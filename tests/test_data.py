@@ -289,30 +289,29 @@ def test_load_prepares_once_then_reuses(tmp_path, monkeypatch):
 def test_synthetic_written_once_as_folder(tmp_path, monkeypatch):
   calls = []
 
-  def generate(num_images, size, seed):
-    calls.append((num_images, size, seed))
-    rng = np.random.default_rng(seed)
-    for k in range(num_images):
-      image = rng.integers(0, 200, (size, size), dtype=np.uint8)
-      mask = np.zeros((size, size), np.uint8)
-      mask[k % size, 1] = 1
-      yield f's{k:03d}', image, mask
+  def scene(index, size, seed):
+    calls.append((index, size, seed))
+    image = np.random.default_rng([seed, index]).integers(0, 200, (size, size), dtype=np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    mask[index % size, 1] = 1
+    return f's{index:03d}', image, mask
 
   stand_in = types.ModuleType('limijax.synthetic')
-  stand_in.generate = generate
+  stand_in.scene = scene
   monkeypatch.setitem(sys.modules, 'limijax.synthetic', stand_in)
   monkeypatch.setattr(limijax, 'synthetic', stand_in, raising=False)
   cfg = data_cfg(tmp_path, name='synthetic', num_images=10, synthetic_size=16, split_seed=5)
   ds = data.load_dataset(cfg)
-  assert calls == [(10, 16, 5)]
+  assert sorted(calls) == [(k, 16, 5) for k in range(10)]  # each image drawn once
   assert ds.layout == 'folder' and ds.split == 'random'
   assert (len(ds.train), len(ds.val), len(ds.test)) == (6, 2, 2)
-  expected = dict((i, (im, m)) for i, im, m in generate(10, 16, 5))
+  expected = dict((i, (im, m)) for i, im, m in (scene(k, 16, 5) for k in range(10)))
   ex = ds.val[1]
   np.testing.assert_array_equal(ex['image'], expected[ex['id']][0])
   np.testing.assert_array_equal(ex['mask'], expected[ex['id']][1])
+  del calls[:]
   again = data.load_dataset(cfg)
-  assert len(calls) == 2  # only the comparison above called it again
+  assert not calls  # the folder is reused: nothing drawn again
   assert again.prepared_dir == ds.prepared_dir and again.val.ids == ds.val.ids
 
 
