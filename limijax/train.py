@@ -366,6 +366,9 @@ class MetricsLog:
       return [json.loads(l) for l in f if l.strip()]
 
 
+PLOT_EVERY_S = 30.0  # the training loop redraws curves.png at most this often
+
+
 def plot_curves(records: list[dict], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -443,9 +446,6 @@ def load_run(workdir: str) -> TrainedRun:
   params, model_state = r['model']['params'], r['model']['model_state']
   return TrainedRun(config, model, params, model_state, meta['mean'], meta['std'],
                     meta['epoch'])
-
-
-PLOT_EVERY_S = 30.0
 
 
 def evaluate_workdir(workdir: str, split: str = 'test') -> dict:

@@ -31,8 +31,6 @@ os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0 '
 # pytest-xdist workers are separate processes: what several test files need (the prepared
 # synthetic data, the tiny trained runs of tests/tiny_run.py) is built once per test run
 # by the first worker that asks, under a file lock, in a folder every worker sees.
-import contextlib  # noqa: E402
-import fcntl  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 
@@ -49,21 +47,13 @@ def shared_dir(tmp_path_factory):
   return path
 
 
-@contextlib.contextmanager
-def _lock(path):
-  with open(path, 'a') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def built_once(shared_dir, name, build):
   """``build(folder)``'s JSON result, computed by the first process that asks; a folder
   left half built by a process that failed is built anew."""
+  from limijax.tfds_builders import file_lock  # pylint: disable=g-import-not-at-top
+
   folder, done = shared_dir / name, shared_dir / f'{name}.json'
-  with _lock(shared_dir / f'{name}.lock'):
+  with file_lock(str(shared_dir / f'{name}.lock')):
     if not done.exists():
       shutil.rmtree(folder, ignore_errors=True)
       folder.mkdir()
