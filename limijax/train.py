@@ -125,7 +125,8 @@ def split_variables(variables):
 
 def make_train_step(model, tx, schedule, loss_cfg, num_seeds: int = 1, seed_mesh=None):
   """The jitted update ``(state, batch) -> (state, outputs)``; with ``num_seeds > 1`` both
-  carry a leading seed axis and one ``vmap``-ed step updates every seed. With
+  carry a leading seed axis and one ``vmap``-ed step updates every seed (its 1x1
+  convolutions traced as matrix products, :func:`limijax.model.pointwise_as_matmul`). With
   ``seed_mesh`` (seeds split over its ``data`` axis) each device runs the step of its own
   seeds (``shard_map``): the seeds never talk to each other, and XLA's automatic
   partitioner mishandles the batched convolutions that ``vmap`` makes."""
@@ -152,7 +153,12 @@ def make_train_step(model, tx, schedule, loss_cfg, num_seeds: int = 1, seed_mesh
 
   if num_seeds == 1:
     return jax.jit(train_step, donate_argnums=0)
-  step = jax.vmap(train_step)
+
+  def matmul_train_step(state, batch):  # traced with 1x1 convolutions as matrix products
+    with model_lib.pointwise_as_matmul():
+      return train_step(state, batch)
+
+  step = jax.vmap(matmul_train_step)
   if seed_mesh is not None:
     from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
     step = jax.shard_map(step, mesh=seed_mesh, in_specs=P('data'), out_specs=P('data'))
@@ -751,9 +757,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if val['miou'] > r.meta['best_miou']:
           r.meta.update(best_miou=val['miou'], best_epoch=done)
           save_best(r, k, done, val)
-        if primary and (time.time() - r.last_plot >= PLOT_EVERY_S or
-                        done == config.num_epochs):
-          # Drawing costs ~0.2 s: redrawn at most every PLOT_EVERY_S, and after the test.
+        if primary and time.time() - r.last_plot >= PLOT_EVERY_S:
+          # Drawing costs ~0.4 s: redrawn at most every PLOT_EVERY_S, and after the test.
           plot_curves(r.log.read(), os.path.join(r.workdir, 'curves.png'))
           r.last_plot = time.time()
       save_latest(r, k, done)

@@ -70,8 +70,7 @@ def test_batched_metrics_equal_one_at_a_time(batch_size):
 def test_batched_evaluation_of_the_model_matches_batch_1():
   config = base_config()
   model = model_lib.from_config(config)
-  variables = model.init(jax.random.key(3), np.zeros((1, 32, 32, 1), np.float32),
-                         train=False)
+  variables = model_lib.init(model, jax.random.PRNGKey(3))  # jitted: op by op is slow
   params, model_state = train.split_variables(variables)
   recs = _records([(32, 32), (30, 28), (32, 32), (20, 31), (32, 32)], seed=1)
   predict = train.make_predict(model)

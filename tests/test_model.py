@@ -135,15 +135,15 @@ def test_jit_grad_finite_on_all_background_and_all_target(name):
   params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
   x = jax.random.normal(jax.random.PRNGKey(2), (2, 64, 96, 1))
 
-  @jax.jit
   def loss_fn(params, y):
     (final, sides), _ = m.apply({'params': params, **state}, x, train=True,
                                 mutable=['batch_stats'])
     return losses.c2f_loss(final, sides, y)[0]
 
+  value_and_grad = jax.jit(jax.value_and_grad(loss_fn))  # one program for both fills
   for fill in (0.0, 1.0):
     y = jnp.full((2, 64, 96, 1), fill)
-    value, grads = jax.value_and_grad(loss_fn)(params, y)
+    value, grads = value_and_grad(params, y)
     assert np.isfinite(float(value)) and value > 0
     leaves = jax.tree_util.tree_leaves(grads)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
@@ -223,3 +223,54 @@ def test_from_config_builds_each_ablation_config():
   assert seen['no_ses'].stem == 'dsconv_bn' and seen['no_lmb'].block == 'residual'
   assert seen['no_huf'].upsampler == 'bilinear' and seen['no_c2f'].head == 'fpn'
   assert seen['irstd1k'] == model_lib.LimiNet()
+
+
+# --------------------------------------------------------------------------- 1x1 as matmul
+class _Blocks(model_lib.nn.Module):
+  """An LMB (reduce, fuse and shortcut 1x1 convolutions) and a segment head (a 1x1 with
+  the prior bias): every kind of 1x1 convolution the model has."""
+
+  @model_lib.nn.compact
+  def __call__(self, x):
+    return model_lib.SegmentHead(impl='shift')(model_lib.LMB(16, impl='shift')(x))
+
+
+def test_pointwise_as_matmul_has_the_same_parameters_outputs_and_no_grouped_conv_under_vmap():
+  m = _Blocks()
+  x = jax.random.normal(jax.random.PRNGKey(4), (2, 16, 24, 8))
+
+  def init(rng):
+    return m.init(rng, x)
+
+  def init_matmul(rng):
+    with model_lib.pointwise_as_matmul():
+      return m.init(rng, x)
+
+  v = jax.jit(init)(jax.random.PRNGKey(0))
+  v_matmul = jax.jit(init_matmul)(jax.random.PRNGKey(0))
+  # The same tree, every leaf bit for bit (same names, order, keys and initialisers).
+  assert jax.tree.structure(v) == jax.tree.structure(v_matmul)
+  for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(v_matmul)):
+    np.testing.assert_array_equal(a, b)
+  assert v['params']['SegmentHead_0']['logit']['bias'][0] == pytest.approx(model_lib.PRIOR_BIAS)
+
+  def loss(v, x):
+    return jnp.sum(jnp.sin(m.apply(v, x)))
+
+  def loss_matmul(v, x):
+    with model_lib.pointwise_as_matmul():
+      return loss(v, x)
+
+  (value, grads), (value_m, grads_m) = (jax.jit(jax.value_and_grad(f))(v, x)
+                                        for f in (loss, loss_matmul))
+  assert float(value) == pytest.approx(float(value_m), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_m)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+  # Vectorised over two seeds: the convolution form becomes a feature-grouped
+  # convolution, the matrix product does not.
+  vs = jax.tree.map(lambda a: jnp.stack([a, a]), v)
+  xs = jnp.stack([x, x])
+  for f, grouped in ((loss, True), (loss_matmul, False)):
+    text = jax.jit(jax.vmap(jax.grad(f))).lower(vs, xs).as_text()
+    assert ('feature_group_count = 2' in text) == grouped, f.__name__

@@ -1,13 +1,16 @@
 """Two processes on 127.0.0.1 train one run together through jax.distributed, one CPU
-device each, and end where one process with two CPU devices ends.
+device each, and end where one process with two CPU devices ends; that process in turn
+trains what one device trains.
 
-Both layouts split every batch of 8 in two halves, one per device, and add the two
+The run is the tiny run of tests/tiny_run.py (batch 4, 8 steps an epoch, 3 epochs). Both
+two-device layouts split every batch in two halves, one per device, and add the two
 halves' gradients: the same sums, and a sum of two terms is the same in either order, so
 the parameters, the logged losses and the metrics are compared for equality, not within
-a tolerance. The two-process run is killed (both processes, SIGKILL) in its second epoch
-and started again, so the equality also shows that the checkpoint the processes wrote
-together is resumed from. Process 1 runs under umask 077 and process 0 under 022: the
-mode of every file shows which process wrote it.
+a tolerance. Against one device (the shared run, tests/conftest.py) the sums are added in
+another order, so that comparison has a tolerance. The two-process run is killed (both
+processes, SIGKILL) in its second epoch and started again, so the equality also shows
+that the checkpoint the processes wrote together is resumed from. Process 1 runs under
+umask 077 and process 0 under 022: the mode of every file shows which process wrote it.
 """
 
 import json
@@ -17,27 +20,16 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tiny_run import REPO
+from tiny_run import REPO, main_args
 
-EPOCHS, STEPS_PER_EPOCH = 2, 4  # 32 training images, batch 8
-KILL_AFTER = 5  # the first step of epoch 2 writes a train line (log_every_steps 5)
+EPOCHS, STEPS_PER_EPOCH = 3, 8  # 32 training images, batch 4
+KILL_AFTER = 10  # a step of epoch 2 that writes a train line (log_every_steps 10)
 TIMEOUT_S = 480  # a hung process fails the test instead of blocking the suite
-
-
-def _args(workdir, data_dir):
-  values = {'seed': 1, 'data.root': '/unused/by/synthetic', 'data.split_seed': 1,
-            'num_epochs': EPOCHS, 'batch_size': 8, 'eval_every_epochs': 1,
-            'log_every_steps': KILL_AFTER, 'data.image_size': 32, 'data.num_images': 50,
-            'data.synthetic_size': 32, 'data.its.enabled': True, 'data.data_dir': data_dir}
-  return [sys.executable, '-m', 'limijax.main', f'--config={REPO / "configs" / "synthetic.py"}',
-          f'--workdir={workdir}', '--progress=false',
-          *(f'--config.{k}={v}' for k, v in values.items())]
 
 
 def _env(devices):
@@ -60,7 +52,7 @@ def _start_pair(workdir, data_dir, logs):
   for pid, umask in ((0, 0o022), (1, 0o077)):
     log = open(logs / f'p{pid}.log', 'w')  # pylint: disable=consider-using-with
     procs.append(subprocess.Popen(
-        _args(workdir, data_dir) + [f'--coordinator_address=127.0.0.1:{port}',
+        main_args(workdir, data_dir) + [f'--coordinator_address=127.0.0.1:{port}',
                                     '--num_processes=2', f'--process_id={pid}'],
         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env(1),
         preexec_fn=lambda u=umask: os.umask(u)))
@@ -117,20 +109,21 @@ def _assert_equal_trees(a, b):
     assert np.array_equal(np.asarray(x), np.asarray(y)), jax.tree_util.keystr(path)
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.getbasetemp() / 'limijax-data'
-  path.mkdir(exist_ok=True)
-  return str(path)
-
-
-def test_two_processes_train_what_one_process_with_two_devices_trains(data_dir, tmp_path):
-  # The reference: one process, two devices, uninterrupted.
+def test_two_processes_train_what_one_process_with_two_devices_trains(data_dir, tmp_path,
+                                                                     tiny_two_seeds):
+  # The reference: one process, two devices, uninterrupted ...
   ref = tmp_path / 'one_process'
-  proc = subprocess.run(_args(ref, data_dir), capture_output=True, text=True,
+  proc = subprocess.run(main_args(ref, data_dir), capture_output=True, text=True,
                         timeout=TIMEOUT_S, cwd=REPO, env=_env(2))
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert 'data parallel over 2 devices (batch split)' in proc.stderr
+  # ... trains what one device trains: seed 1 of the shared run of seeds 1 and 2.
+  one_device = tiny_two_seeds[1]['runs'][0]
+  assert one_device['seed'] == 1
+  got = json.loads((ref / 'results.json').read_text())
+  assert got['best_epoch'] == one_device['best_epoch']
+  for key in ('miou', 'niou', 'pd'):  # sums added in another order: within 1e-2
+    assert got['test'][key] == pytest.approx(one_device['test'][key], abs=1e-2), key
 
   # Two processes, killed together once process 0 has logged a step of epoch 2.
   w = tmp_path / 'two_processes'

@@ -7,14 +7,13 @@ with the uninterrupted runs every test file shares (``tiny_run``, ``tiny_two_see
 import json
 import os
 import signal
-import subprocess
 
 import jax
 import numpy as np
 import pytest
 
 from limijax import train
-from tiny_run import REPO, kill_when, main_args, synthetic_config
+from tiny_run import kill_when, main_args, synthetic_config
 
 
 # --------------------------------------------------------------------------- resume
@@ -122,36 +121,6 @@ def test_num_seeds_gives_each_seed_its_single_run(data_dir, tmp_path, two_seeds,
   assert results['runs'][0]['baselines'] == results['runs'][1]['baselines']  # top-hat once
 
 
-def test_num_seeds_resume_when_killed_between_two_seeds_saves(data_dir, tmp_path, monkeypatch,
-                                                              two_seeds):
-  real_managers = train._managers  # pylint: disable=protected-access
-
-  def managers(workdir, **kwargs):
-    latest, best = real_managers(workdir, **kwargs)
-    if workdir.endswith('seed_2'):
-      real_save = latest.save
-
-      def save(step, *args, **kw):
-        if step == 16:  # seed 1 holds epoch 2, seed 2 only epoch 1
-          raise _Killed()
-        return real_save(step, *args, **kw)
-
-      latest.save = save
-    return latest, best
-
-  workdir = str(tmp_path / 'w')
-  monkeypatch.setattr(train, '_managers', managers)
-  with pytest.raises(_Killed):
-    train.train_and_evaluate(synthetic_config(data_dir, num_seeds=2), workdir, progress=False)
-  assert train._managers(os.path.join(workdir, 'seed_1'))[0].all_steps() == [8, 16]
-  monkeypatch.setattr(train, '_managers', real_managers)
-  results = train.train_and_evaluate(synthetic_config(data_dir, num_seeds=2), workdir,
-                                     progress=False)
-  ref_dir, ref = two_seeds
-  for run, expected in zip(results['runs'], ref['runs']):
-    _assert_same_run(run['workdir'], (expected['workdir'], expected))
-
-
 def test_num_seeds_a_diverged_seed_stops_alone(data_dir, tmp_path, monkeypatch, two_seeds):
   real_make_train_step = train.make_train_step
 
@@ -179,8 +148,11 @@ def test_num_seeds_a_diverged_seed_stops_alone(data_dir, tmp_path, monkeypatch, 
   assert results['runs'][0]['test'] == two_seeds[1]['runs'][0]['test']
 
 
-def test_num_seeds_run_killed_with_sigkill_resumes_identically(data_dir, tmp_path, two_seeds):
-  """The command itself, killed by SIGKILL inside epoch 2 and started again."""
+def test_num_seeds_killed_by_sigkill_then_between_two_seeds_saves_resumes_identically(
+    data_dir, tmp_path, monkeypatch, two_seeds):
+  """The command itself, killed by SIGKILL inside epoch 2 and started again; that run is
+  killed between the two seeds' saves of epoch 2 and started again: the run ends as the
+  uninterrupted one."""
   workdir = str(tmp_path / 'w')
   args = main_args(workdir, data_dir, num_seeds=2)
   # The same config as two_seeds, given as flags.
@@ -195,16 +167,42 @@ def test_num_seeds_run_killed_with_sigkill_resumes_identically(data_dir, tmp_pat
     except (OSError, ValueError):
       return False
 
+  # 1. SIGKILL mid-epoch 2: epoch 1's checkpoint, no results.
   code = kill_when(args, seed_2_logged_step_10, tmp_path / 'killed.log')
   assert code == -signal.SIGKILL
-  for seed in (1, 2):  # killed mid-epoch 2: epoch 1's checkpoint, no results
+  for seed in (1, 2):
     seed_dir = os.path.join(workdir, f'seed_{seed}')
     assert train._managers(seed_dir)[0].all_steps() == [8]
     assert not os.path.exists(os.path.join(seed_dir, 'results.json'))
 
-  resumed = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600)
-  assert resumed.returncode == 0, resumed.stderr[-4000:]
+  # 2. Resumed, and killed once seed 1 has saved epoch 2 and seed 2 has not.
+  real_managers = train._managers  # pylint: disable=protected-access
+
+  def managers(workdir, **kwargs):
+    latest, best = real_managers(workdir, **kwargs)
+    if workdir.endswith('seed_2'):
+      real_save = latest.save
+
+      def save(step, *args, **kw):
+        if step == 16:
+          raise _Killed()
+        return real_save(step, *args, **kw)
+
+      latest.save = save
+    return latest, best
+
+  monkeypatch.setattr(train, '_managers', managers)
+  with pytest.raises(_Killed):
+    train.train_and_evaluate(synthetic_config(data_dir, num_seeds=2), workdir, progress=False)
+  assert real_managers(os.path.join(workdir, 'seed_1'))[0].all_steps() == [8, 16]
+  assert real_managers(os.path.join(workdir, 'seed_2'))[0].all_steps() == [8]
+  monkeypatch.setattr(train, '_managers', real_managers)
+
+  # 3. Resumed again, to the end.
+  results = train.train_and_evaluate(synthetic_config(data_dir, num_seeds=2), workdir,
+                                     progress=False)
   ref_dir, ref = two_seeds
+  assert [r['seed'] for r in results['runs']] == [1, 2]
   for expected in ref['runs']:
     seed_dir = os.path.join(workdir, f'seed_{expected["seed"]}')
     _assert_same_run(seed_dir, (expected['workdir'], expected))

@@ -109,7 +109,7 @@ def test_a_few_dozen_steps_on_one_batch_halve_the_loss():
   from limijax import model as model_lib  # pylint: disable=g-import-not-at-top
   config = defaults.base_config()
   config.num_epochs, config.warmup_steps = 1, 0
-  model = model_lib.LimiNet()
+  model = model_lib.LimiNet(depthwise='grouped')  # compiles faster (tests/tiny_run.py)
   tx, schedule = train.make_optimizer(config, steps_per_epoch=40)
   step = train.make_train_step(model, tx, schedule, config.loss)
   rng = np.random.default_rng(0)
