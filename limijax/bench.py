@@ -61,7 +61,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from absl import flags
 import numpy as np

@@ -193,7 +193,6 @@ def _sky(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _terrain(rng: np.random.Generator, size: int, sky: np.ndarray) -> np.ndarray:
   """Replace the lower part of the scene with textured ground below a wavy horizon."""
-  cols = np.arange(size)
   rows = np.arange(size)[:, None]
   horizon = rng.uniform(0.3, 0.8) * size + rng.uniform(1.0, 0.08 * size) * _power_noise_1d(
       rng, size, rng.uniform(1.5, 2.5))

@@ -21,6 +21,27 @@ class _Killed(BaseException):
   """Stands for SIGKILL: nothing after the raise runs, files stay as they are."""
 
 
+def _kill_at_latest_save(monkeypatch, kill):
+  """From now on train's save of a latest checkpoint raises _Killed instead of saving when
+  ``kill(workdir, step, best_manager)``; returns the real ``train._managers``."""
+  real_managers = train._managers  # pylint: disable=protected-access
+
+  def managers(workdir, **kwargs):
+    latest, best = real_managers(workdir, **kwargs)
+    real_save = latest.save
+
+    def save(step, *args, **kw):
+      if kill(workdir, step, best):
+        raise _Killed()
+      return real_save(step, *args, **kw)
+
+    latest.save = save
+    return latest, best
+
+  monkeypatch.setattr(train, '_managers', managers)
+  return real_managers
+
+
 @pytest.fixture
 def reference_run(tiny_run):
   return tiny_run
@@ -48,21 +69,8 @@ def test_resume_when_killed_between_the_best_and_latest_saves_then_during_the_fi
     data_dir, tmp_path, monkeypatch, reference_run):
   workdir = str(tmp_path / 'w')
   # 1. Killed in epoch 1 after the best checkpoint was written, before the latest one.
-  real_managers = train._managers  # pylint: disable=protected-access
-
-  def managers(workdir, **kwargs):
-    latest, best = real_managers(workdir, **kwargs)
-    real_save = latest.save
-
-    def save(step, *args, **kwargs):
-      if step in best.all_steps():  # best of this epoch written, latest not yet
-        raise _Killed()
-      return real_save(step, *args, **kwargs)
-
-    latest.save = save
-    return latest, best
-
-  monkeypatch.setattr(train, '_managers', managers)
+  real_managers = _kill_at_latest_save(  # best of this epoch written, latest not yet
+      monkeypatch, lambda w, step, best: step in best.all_steps())
   with pytest.raises(_Killed):
     train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
   assert os.listdir(os.path.join(workdir, 'checkpoints', 'best')) == ['8']
@@ -176,22 +184,8 @@ def test_num_seeds_killed_by_sigkill_then_between_two_seeds_saves_resumes_identi
     assert not os.path.exists(os.path.join(seed_dir, 'results.json'))
 
   # 2. Resumed, and killed once seed 1 has saved epoch 2 and seed 2 has not.
-  real_managers = train._managers  # pylint: disable=protected-access
-
-  def managers(workdir, **kwargs):
-    latest, best = real_managers(workdir, **kwargs)
-    if workdir.endswith('seed_2'):
-      real_save = latest.save
-
-      def save(step, *args, **kw):
-        if step == 16:
-          raise _Killed()
-        return real_save(step, *args, **kw)
-
-      latest.save = save
-    return latest, best
-
-  monkeypatch.setattr(train, '_managers', managers)
+  real_managers = _kill_at_latest_save(
+      monkeypatch, lambda w, step, best: w.endswith('seed_2') and step == 16)
   with pytest.raises(_Killed):
     train.train_and_evaluate(synthetic_config(data_dir, num_seeds=2), workdir, progress=False)
   assert real_managers(os.path.join(workdir, 'seed_1'))[0].all_steps() == [8, 16]
