@@ -9,6 +9,7 @@ import pytest
 
 from limijax import defaults, losses
 from limijax import model as model_lib
+import twin_parity
 
 VARIANTS = {
     'default': {},
@@ -131,8 +132,11 @@ def test_jit_grad_finite_on_all_background_and_all_target(name):
   # which compiles faster (the forms' equality is tested in test_depthwise.py).
   impl = 'shift' if name == 'default' else 'grouped'
   m = model_lib.LimiNet(**VARIANTS[name], depthwise=impl)
-  variables = model_lib.init(m, jax.random.PRNGKey(1))
-  params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+  # Random He-scaled weights of the variant's shapes (BatchNorm statistics included):
+  # shapes traced, nothing compiled but the loss and its gradient.
+  shapes = jax.eval_shape(lambda: model_lib.init(m, jax.random.PRNGKey(1)))
+  params, state = twin_parity.random_variables(
+      shapes['params'], {k: v for k, v in shapes.items() if k != 'params'}, seed=1)
   x = jax.random.normal(jax.random.PRNGKey(2), (2, 64, 96, 1))
 
   def loss_fn(params, y):
