@@ -71,9 +71,6 @@ def _last_json(proc):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-_assert_one_line_error = assert_one_line_error
-
-
 def _hash_tree(root) -> dict:
   root = pathlib.Path(root)
   return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -286,7 +283,7 @@ def test_bad_config_value_is_one_line_and_writes_nothing(tmp_path, override, key
   existing.mkdir()
   for workdir in (fresh, existing):
     proc = _cli('limijax.main', f'--config={CONFIG}', f'--workdir={workdir}', override)
-    _assert_one_line_error(proc, key)
+    assert_one_line_error(proc, key)
   assert not fresh.exists()
   assert list(existing.iterdir()) == []
 
@@ -298,7 +295,7 @@ def test_config_typo_is_one_line_exit_2(tmp_path, override, key):
   workdir = tmp_path / 'w'
   proc = _cli('limijax.main', f'--config={CONFIG}', f'--workdir={workdir}', override,
               '--config.batch_size=4')
-  _assert_one_line_error(proc, key)
+  assert_one_line_error(proc, key)
   assert not workdir.exists()
 
 
@@ -307,7 +304,7 @@ def test_other_config_on_existing_workdir_is_refused_untouched(run, data_dir):
   w = run['workdir']
   before = _hash_tree(w)
   proc = _run(main_args(w, data_dir, batch_size=5))
-  _assert_one_line_error(proc, w, 'batch_size')
+  assert_one_line_error(proc, w, 'batch_size')
   assert _hash_tree(w) == before
 
 
@@ -318,7 +315,7 @@ def test_workdir_with_checkpoints_but_no_config_is_refused(data_dir, tmp_path):
   (w / 'metrics.jsonl').write_text('{"event": "train", "step": 1}\n')
   before = _hash_tree(w)
   proc = _run(main_args(str(w), data_dir))
-  _assert_one_line_error(proc, str(w), 'config.json')
+  assert_one_line_error(proc, str(w), 'config.json')
   assert _hash_tree(w) == before
   assert sorted(p.name for p in w.iterdir()) == ['checkpoints', 'metrics.jsonl']
 
@@ -391,7 +388,7 @@ def test_predict_missing_input_is_one_line(run, tmp_path):
   missing = tmp_path / 'nothing_here.png'
   proc = _cli('limijax.predict', f'--workdir={run["workdir"]}', f'--input={missing}',
               f'--out={tmp_path / "out"}')
-  _assert_one_line_error(proc, str(missing))
+  assert_one_line_error(proc, str(missing))
   assert not (tmp_path / 'out').exists()
 
 
@@ -429,5 +426,5 @@ def test_bare_command_finds_the_dataset_where_basicirstd_keeps_it(tmp_path):
   (empty / 'configs').symlink_to(REPO / 'configs')
   proc = _run([sys.executable, '-m', 'limijax.main', '--config=configs/irstd1k.py', *small],
               cwd=empty, env=dict(os.environ))
-  line = _assert_one_line_error(proc, 'datasets/IRSTD-1k', '--config.data.root')
+  line = assert_one_line_error(proc, 'datasets/IRSTD-1k', '--config.data.root')
   assert not (empty / 'workdirs').exists(), line

@@ -19,15 +19,11 @@ from PIL import Image
 import pytest
 import torch
 
-import tiny_run
+from tiny_run import assert_one_line_error, config_args
 import twin_parity as tp
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 300
-
-
-def _config_args(data_dir):
-  return tiny_run.config_args(data_dir)
 
 
 def _cli(module, *args, env=None):
@@ -38,9 +34,6 @@ def _cli(module, *args, env=None):
 def _ok(proc):
   assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
   return proc
-
-
-_one_line_error = tiny_run.assert_one_line_error
 
 
 def _hash_tree(root):
@@ -172,7 +165,7 @@ def test_imported_pt_evaluates_exactly_as_the_original_run(run, exported_pt, dat
                                                             tmp_path):
   new = tmp_path / 'imported'
   proc = _ok(_cli('limijax.import_torch', f'--state_dict={exported_pt[0]}',
-                  *_config_args(data_dir), f'--workdir={new}'))
+                  *config_args(data_dir), f'--workdir={new}'))
   assert (new / 'config.json').is_file() and (new / 'checkpoints' / 'best').is_dir()
   assert 'evaluate' in proc.stdout
   original = _ok(_cli('limijax.evaluate', f'--workdir={run["workdir"]}'))
@@ -184,8 +177,8 @@ def test_imported_pt_evaluates_exactly_as_the_original_run(run, exported_pt, dat
 def test_import_refuses_a_workdir_that_holds_a_run(run, exported_pt, data_dir):
   before = _hash_tree(run['workdir'])
   proc = _cli('limijax.import_torch', f'--state_dict={exported_pt[0]}',
-              *_config_args(data_dir), f'--workdir={run["workdir"]}')
-  _one_line_error(proc, run['workdir'], 'already holds a run')
+              *config_args(data_dir), f'--workdir={run["workdir"]}')
+  assert_one_line_error(proc, run['workdir'], 'already holds a run')
   assert _hash_tree(run['workdir']) == before
 
 
@@ -217,9 +210,9 @@ def test_import_of_another_architecture_names_the_keys(kind, data_dir, tmp_path)
     needles = ['1 missing key(s): huf2.fuse_gn.bias', '1 unexpected key(s): extra.weight',
                '1 wrongly shaped: lmb1.eca.weight (1, 1, 5) (expected (1, 1, 3))']
   new = tmp_path / 'new'
-  proc = _cli('limijax.import_torch', f'--state_dict={path}', *_config_args(data_dir),
+  proc = _cli('limijax.import_torch', f'--state_dict={path}', *config_args(data_dir),
               f'--workdir={new}', '--mean=80', '--std=30')
-  _one_line_error(proc, str(path), 'does not fit', *needles)
+  assert_one_line_error(proc, str(path), 'does not fit', *needles)
   assert not (new / 'config.json').exists() and not (new / 'checkpoints').exists()
 
 
@@ -241,15 +234,15 @@ def test_export_without_checkpoint_is_one_line(run, tmp_path):
   (empty / 'config.json').write_text(
       pathlib.Path(run['workdir'], 'config.json').read_text())
   out = tmp_path / 'x.pt'
-  _one_line_error(_cli('limijax.export', f'--workdir={empty}', f'--out={out}'),
-                  'holds no checkpoint')
+  assert_one_line_error(_cli('limijax.export', f'--workdir={empty}', f'--out={out}'),
+                        'holds no checkpoint')
   assert not out.exists()
 
 
 def test_export_unknown_extension_is_one_line(run, tmp_path):
   out = tmp_path / 'x.h5'
-  _one_line_error(_cli('limijax.export', f'--workdir={run["workdir"]}', f'--out={out}'),
-                  "unknown extension '.h5'", '.pt, .safetensors, .onnx, .npz')
+  assert_one_line_error(_cli('limijax.export', f'--workdir={run["workdir"]}', f'--out={out}'),
+                        "unknown extension '.h5'", '.pt, .safetensors, .onnx, .npz')
   assert not out.exists()
 
 

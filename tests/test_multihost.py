@@ -53,7 +53,7 @@ def _start_pair(workdir, data_dir, logs):
     log = open(logs / f'p{pid}.log', 'w')  # pylint: disable=consider-using-with
     procs.append(subprocess.Popen(
         main_args(workdir, data_dir) + [f'--coordinator_address=127.0.0.1:{port}',
-                                    '--num_processes=2', f'--process_id={pid}'],
+                                        '--num_processes=2', f'--process_id={pid}'],
         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env(1),
         preexec_fn=lambda u=umask: os.umask(u)))
     log.close()
