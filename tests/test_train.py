@@ -87,9 +87,12 @@ def test_nan_loss_stops_with_one_clear_error_and_keeps_the_checkpoint(
   # The checkpoint of epoch 1 is still there, restorable and finite.
   latest, best = train._managers(workdir)  # pylint: disable=protected-access
   assert latest.all_steps() == [8] and best.all_steps() == [8]
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  state = ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, 'checkpoints', 'latest', '8', 'state'))
+  from limijax import model as model_lib  # pylint: disable=g-import-not-at-top
+  tx, _ = train.make_optimizer(config, steps_per_epoch=8)
+  template = jax.eval_shape(lambda: train.init_state(model_lib.from_config(config), tx,
+                                                     train.seed_key(0)))
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  state = train._restore_tree(latest, 8, 'state', template, here)['state']  # pylint: disable=protected-access
   assert int(state['step']) == 8
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
   trained = train.load_run(workdir)
@@ -151,3 +154,34 @@ def test_batchnorm_ablation_trains_its_statistics_and_load_run_restores_them(dat
   with_fresh = predict(run.params, {'batch_stats': {'stem_dsconv_bn': {'bn': fresh}}},
                        dataset_image)
   assert not np.allclose(with_stats, with_fresh)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def test_checkpoints_are_packed_and_the_older_layout_still_loads(tiny_run, tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  workdir, _ = tiny_run
+  run = train.load_run(workdir)
+  leaves = jax.tree.leaves({'params': run.params, 'model_state': run.model_state})
+  # The shared run's best checkpoint: one flat float32 array, the leaves in order.
+  best = os.path.join(workdir, 'checkpoints', 'best')
+  step = max(int(d) for d in os.listdir(best) if d.isdigit())
+  packed = ocp.StandardCheckpointer().restore(os.path.join(best, str(step), 'model'))
+  assert set(packed) == {'float32'}
+  np.testing.assert_array_equal(
+      packed['float32'], np.concatenate([np.ravel(np.asarray(x)) for x in leaves]))
+
+  # A best checkpoint in the layout of earlier versions (one entry per array, no
+  # 'layout' in its meta) loads to the same weights.
+  old = tmp_path / 'old'
+  (old / 'checkpoints').mkdir(parents=True)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    (old / 'config.json').write_text(f.read())
+  manager = train._managers(str(old))[1]  # pylint: disable=protected-access
+  manager.save(step, args=ocp.args.Composite(
+      model=ocp.args.StandardSave({'params': run.params, 'model_state': run.model_state}),
+      meta=ocp.args.JsonSave({'epoch': run.epoch, 'mean': run.mean, 'std': run.std})))
+  manager.wait_until_finished()
+  again = train.load_run(str(old))
+  assert again.epoch == run.epoch and (again.mean, again.std) == (run.mean, run.std)
+  for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(run.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
