@@ -670,7 +670,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Read once, not every epoch: on a GPU, decoding the validation images again took
   # longer than evaluating them.
   val_set = [dataset.val[i] for i in range(len(dataset.val))]
-  template = jax.eval_shape(lambda: init_state(model, tx, seed_key(config.seed)))
   here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
   runs = []
@@ -687,6 +686,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                            'std': std, 'log_size': 0, 'wall_time': 0.0}))
 
   step0 = _restore_step(runs)
+  if step0 is not None:  # the shapes to restore into (tracing init costs seconds)
+    template = jax.eval_shape(lambda: init_state(model, tx, seed_key(config.seed)))
   states = []
   for r in runs:
     if step0 is None:
