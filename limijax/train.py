@@ -249,16 +249,26 @@ def _has_checkpoint(workdir: str, subs=('latest', 'best')) -> bool:
                           if os.path.isdir(os.path.join(ckpt, sub)) else ()))
 
 
+def _holds_a_run(workdir: str) -> bool:
+  """A checkpoint in ``workdir``, or in one of its ``seed_*`` run folders (num_seeds)."""
+  if _has_checkpoint(workdir):
+    return True
+  names = os.listdir(workdir) if os.path.isdir(workdir) else []
+  return any(n.startswith('seed_') and _has_checkpoint(os.path.join(workdir, n))
+             for n in names)
+
+
 def claim_workdir(config, workdir: str, write: bool = True) -> None:
   """Write config.json, or check that an existing one is this config (nothing written).
 
-  A workdir whose run never saved a checkpoint (it stopped before its first epoch ended)
-  holds nothing to protect: another config may take it over. With ``write`` False (the
+  A workdir whose run never saved a checkpoint (it stopped before its first epoch ended),
+  neither itself nor in its ``seed_*`` folders, holds nothing to protect: another config
+  may take it over. With ``write`` False (the
   other processes of a multi-process run) the checks are made and nothing is written.
   """
   path = os.path.join(workdir, 'config.json')
   mine = _config_dict(config)
-  if os.path.exists(path) and not _has_checkpoint(workdir):
+  if os.path.exists(path) and not _holds_a_run(workdir):
     if write:
       logging.info('%s holds no checkpoint yet: its config.json is replaced', workdir)
   elif os.path.exists(path):

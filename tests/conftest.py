@@ -11,13 +11,14 @@ if not flags.FLAGS.is_parsed():
 
 # One persistent compilation cache per test run, shared by the xdist workers and the
 # subprocesses the CLI tests start: a program compiled once is read back everywhere else.
+# The process that starts the run makes it (the workers inherit its environment) and
+# removes it at the end; a cache folder the user set is used and kept.
 import tempfile  # noqa: E402
 
-_RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
-os.environ.setdefault(
-    'JAX_COMPILATION_CACHE_DIR',
-    os.path.join(tempfile.gettempdir(), f'limijax-jax-cache-{_RUN}') if _RUN
-    else tempfile.mkdtemp(prefix='limijax-jax-cache-'))
+_OWN_CACHE = None
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix='limijax-jax-cache-')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 # Tests run tiny inputs, so XLA's compile time dwarfs run time: a lower backend
 # optimisation level halves compile time and changes no result the tests compare
@@ -25,6 +26,12 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 # XLA's older CPU fusion path compiles these small programs about twice as fast.
 os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0 '
                       '--xla_cpu_use_fusion_emitters=false')
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- shared runs

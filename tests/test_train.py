@@ -185,3 +185,18 @@ def test_checkpoints_are_packed_and_the_older_layout_still_loads(tiny_run, tmp_p
   assert again.epoch == run.epoch and (again.mean, again.std) == (run.mean, run.std)
   for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(run.params), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_another_config_is_refused_by_a_workdir_whose_seed_folders_hold_checkpoints(tmp_path):
+  first = synthetic_config('unused', num_seeds=2)
+  workdir = str(tmp_path / 'w')
+  train.claim_workdir(first, workdir)
+  config_json = (tmp_path / 'w' / 'config.json').read_text()
+  # No checkpoint anywhere yet: another config may take the workdir over.
+  train.claim_workdir(synthetic_config('unused', num_seeds=2, seed=5), workdir)
+  train.claim_workdir(first, workdir)
+  # A seed's checkpoint (a num_seeds run keeps them in seed_<seed>/): refused, untouched.
+  (tmp_path / 'w' / 'seed_1' / 'checkpoints' / 'latest' / '8').mkdir(parents=True)
+  with pytest.raises(UserError, match='another config'):
+    train.claim_workdir(synthetic_config('unused', num_seeds=2, seed=5), workdir)
+  assert (tmp_path / 'w' / 'config.json').read_text() == config_json
