@@ -153,6 +153,9 @@ def load_dataset(data_cfg: Any) -> Dataset:
 
   Raises UserError (one line naming the file, split or key) when the folder cannot be
   used for training. Logs one warning when masks hold values other than 0 and 255.
+  A large synthetic set is drawn in worker processes started with ``spawn``, which
+  import the calling script again: call this from a script only under
+  ``if __name__ == '__main__':`` (the commands and notebooks need nothing).
   """
   name = str(_get(data_cfg, 'name', 'synthetic'))
   if name not in NAMES:
