@@ -51,6 +51,11 @@ from limijax import model as model_lib
 from limijax.errors import UserError
 
 
+# Keys of metrics.jsonl's lines that measure this machine's speed rather than the run:
+# they differ between two runs that are otherwise identical line for line.
+TIMING_KEYS = ('wall_time', 'steps_per_s', 'data_wait')
+
+
 class TrainingDiverged(UserError):
   """The loss became NaN or infinite."""
 
@@ -750,6 +755,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   pending = []  # (step, device outputs) since the last log line
   window_start = [time.time()]
+  data_wait = [0.0]  # seconds of the window spent waiting for the input pipeline
 
   def flush(epoch: int, bar) -> None:
     """Fetch the outputs since the last log line: check them for NaN, log their means."""
@@ -757,7 +763,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       return
     outs = jax.device_get(local([o for _, o in pending]))
     steps = [s for s, _ in pending]
-    rate = len(pending) / max(time.time() - window_start[0], 1e-9)
+    elapsed = max(time.time() - window_start[0], 1e-9)
+    rate = len(pending) / elapsed
     for k, r in enumerate(runs):
       if r.diverged:
         continue
@@ -771,13 +778,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         continue
       means = {key: float(np.mean([o[key] for o in per_step])) for key in per_step[0]}
       means['lr'] = per_step[-1]['lr']  # the rate of the logged step, not a mean
+      # data_wait: the share of the window spent waiting for batches (near 1: the input
+      # pipeline is the bottleneck; near 0: the step is).
       r.log.write('train', step=steps[-1], epoch=epoch, wall_time=round(time.time() - r.wall0, 3),
-                  steps_per_s=round(rate, 3), **means)
+                  steps_per_s=round(rate, 3), data_wait=round(min(data_wait[0] / elapsed, 1.0), 3),
+                  **means)
       if k == 0:
         bar.set_postfix(loss=f'{means["loss"]:.4f}', lr=f'{means["lr"]:.2e}',
                         steps_per_s=f'{rate:.2f}')
     pending.clear()
     window_start[0] = time.time()
+    data_wait[0] = 0.0
 
   def save_latest(r: _Run, k: int, epoch: int) -> None:
     r.meta.update(epoch=epoch, log_size=r.log.size(), wall_time=time.time() - r.wall0,
@@ -798,11 +809,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     bar = tqdm(range(steps_per_epoch), desc=f'epoch {epoch + 1}/{config.num_epochs}',
                leave=False, disable=not progress, dynamic_ncols=True)
     window_start[0] = time.time()
+    data_wait[0] = 0.0
     for i in bar:
+      t_data = time.time()
       if num_seeds == 1:
         batch = next(runs[0].train_iter)
       else:
         batch = _stack([next(r.train_iter) for r in runs])
+      data_wait[0] += time.time() - t_data
       if shardings is not None:
         batch = distributed.put(batch, shardings[1])
       state, out = train_step(state, batch)

@@ -25,6 +25,7 @@ import time
 import numpy as np
 import pytest
 
+from limijax import train
 from tiny_run import REPO, main_args
 
 EPOCHS, STEPS_PER_EPOCH = 3, 8  # 32 training images, batch 4
@@ -81,7 +82,7 @@ def _records(workdir):
 
 
 def _timeless(records):
-  return [{k: v for k, v in r.items() if k not in ('wall_time', 'steps_per_s')}
+  return [{k: v for k, v in r.items() if k not in train.TIMING_KEYS}
           for r in records]
 
 

@@ -59,7 +59,7 @@ def _assert_same_run(workdir, reference):
 
   def records(w):
     with open(os.path.join(w, 'metrics.jsonl')) as f:
-      return [{k: v for k, v in json.loads(l).items() if k not in ('wall_time', 'steps_per_s')}
+      return [{k: v for k, v in json.loads(l).items() if k not in train.TIMING_KEYS}
               for l in f]
 
   assert records(workdir) == records(ref_dir)

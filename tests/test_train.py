@@ -6,6 +6,7 @@ CLI runs: tests/test_cli_runs.py. All use the tiny run of tests/tiny_run.py.
 import json
 import math
 import os
+import time
 
 import jax
 import numpy as np
@@ -154,6 +155,37 @@ def test_batchnorm_ablation_trains_its_statistics_and_load_run_restores_them(dat
   with_fresh = predict(run.params, {'batch_stats': {'stem_dsconv_bn': {'bn': fresh}}},
                        dataset_image)
   assert not np.allclose(with_stats, with_fresh)
+
+
+# --------------------------------------------------------------------------- data_wait
+def test_train_lines_say_how_much_of_the_time_went_waiting_for_batches(
+    data_dir, tmp_path, monkeypatch, tiny_run):
+  from limijax import input_pipeline  # pylint: disable=g-import-not-at-top
+  def records(workdir):
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      return [r for r in map(json.loads, f) if r['event'] == 'train']
+
+  # The shared run: every train line has it, a fraction.
+  shared = records(tiny_run[0])
+  assert all(0.0 <= r['data_wait'] <= 1.0 for r in shared)
+  # An input pipeline that takes 100 ms a sample (400 ms a batch of 4) against a step of
+  # tens of ms: the loop waits for batches much of the time. (The step-1 line is the
+  # compilation's; while it compiles, the pipeline's thread fills its 4-batch buffer, so
+  # 3 of the 7 later steps wait: about 1.2 s against at most ~1.4 s of steps on a busy
+  # machine.)
+  real_map = input_pipeline.Normalise.map
+
+  def slow_map(self, element):
+    time.sleep(0.1)
+    return real_map(self, element)
+
+  monkeypatch.setattr(input_pipeline.Normalise, 'map', slow_map)
+  workdir = str(tmp_path / 'slow')
+  train.train_and_evaluate(synthetic_config(data_dir, num_epochs=1, tophat_baseline=False),
+                           workdir, progress=False)
+  later = [r for r in records(workdir) if r['step'] > 1]
+  assert later and all(r['data_wait'] > 0.3 for r in later), later
+  assert max(r['data_wait'] for r in shared if r['step'] > 1) < 0.3  # a fast pipeline
 
 
 # --------------------------------------------------------------------------- checkpoints
