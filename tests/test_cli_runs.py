@@ -275,20 +275,24 @@ def test_rerunning_a_finished_run_does_not_train_again(run):
 
 
 # --------------------------------------------------------------------------- 4. bad config values
-@pytest.mark.parametrize('override, key', [
-    ('--config.data.its.prob=2', 'data.its.prob'),
-    ('--config.loss.lambda_dice=-1', 'loss.lambda_dice'),
-    ('--config.data.num_workers=-1', 'data.num_workers'),
-    ('--config.model.stem=foo', 'model.stem'),
+@pytest.mark.parametrize('override, key, workdir_exists', [
+    ('--config.data.its.prob=2', 'data.its.prob', False),
+    ('--config.loss.lambda_dice=-1', 'loss.lambda_dice', True),
+    ('--config.data.num_workers=-1', 'data.num_workers', False),
+    ('--config.model.stem=foo', 'model.stem', True),
 ])
-def test_bad_config_value_is_one_line_and_writes_nothing(tmp_path, override, key):
-  fresh, existing = tmp_path / 'fresh', tmp_path / 'existing'
-  existing.mkdir()
-  for workdir in (fresh, existing):
-    proc = _cli('limijax.main', f'--config={CONFIG}', f'--workdir={workdir}', override)
-    assert_one_line_error(proc, key)
-  assert not fresh.exists()
-  assert list(existing.iterdir()) == []
+def test_bad_config_value_is_one_line_and_writes_nothing(tmp_path, override, key,
+                                                         workdir_exists):
+  # Into a new workdir (not created) and an existing empty one (left empty), in turn.
+  workdir = tmp_path / 'w'
+  if workdir_exists:
+    workdir.mkdir()
+  proc = _cli('limijax.main', f'--config={CONFIG}', f'--workdir={workdir}', override)
+  assert_one_line_error(proc, key)
+  if workdir_exists:
+    assert list(workdir.iterdir()) == []
+  else:
+    assert not workdir.exists()
 
 
 # --------------------------------------------------------------------------- 5. config typos
