@@ -6,7 +6,8 @@ The workdir is the unit of a run (the README's "What a run prints and writes"):
 * ``checkpoints/latest`` - the state to resume from (params, optimiser, step, epoch,
   the Grain iterator's position, the normalisation, the best score so far), saved at
   the end of every epoch; ``checkpoints/best`` - the params with the best validation
-  mIoU. Orbax writes each checkpoint to a temporary folder and renames it when
+  mIoU. Each tree is stored packed into one flat array per dtype (see ``_PACKED``).
+  Orbax writes each checkpoint to a temporary folder and renames it when
   complete, so a process killed at any moment leaves the previous one intact.
 * ``metrics.jsonl`` - one JSON object per event (``train``, ``val``, ``test``); on resume
   it is cut back to what it held at the checkpoint, so a resumed run writes the same
@@ -268,8 +269,8 @@ def claim_workdir(config, workdir: str, write: bool = True) -> None:
 
   A workdir whose run never saved a checkpoint (it stopped before its first epoch ended),
   neither itself nor in its ``seed_*`` folders, holds nothing to protect: another config
-  may take it over. With ``write`` False (the
-  other processes of a multi-process run) the checks are made and nothing is written.
+  may take it over. With ``write`` False (the other processes of a multi-process run) the
+  checks are made and nothing is written.
   """
   path = os.path.join(workdir, 'config.json')
   mine = _config_dict(config)
