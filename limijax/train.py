@@ -366,16 +366,13 @@ def _restore_tree(manager, step: int, item: str, template, sharding, **extra) ->
   """Restore ``item`` (a tree shaped like ``template``, onto ``sharding``) and the
   ``meta`` of checkpoint ``step``, in either layout; ``extra`` restore args go along."""
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-  if meta.get('layout') == _PACKED:
-    r = manager.restore(step, args=ocp.args.Composite(
-        **{item: ocp.args.StandardRestore(_packed_abstract(template, sharding))}, **extra))
-    r = {**r, item: _unpack(r[item], template, sharding)}
-  else:
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), template)
-    r = manager.restore(step, args=ocp.args.Composite(
-        **{item: ocp.args.StandardRestore(abstract)}, **extra))
-  return {**r, 'meta': meta}
+  packed = meta.get('layout') == _PACKED
+  abstract = (_packed_abstract(template, sharding) if packed else jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), template))
+  r = manager.restore(step, args=ocp.args.Composite(
+      **{item: ocp.args.StandardRestore(abstract)}, **extra))
+  tree = _unpack(r[item], template, sharding) if packed else r[item]
+  return {**r, item: tree, 'meta': meta}
 
 
 def write_best(workdir: str, params, model_state, meta: dict, step: int = 0,
