@@ -182,14 +182,23 @@ def test_twin_refuses_input_sizes_the_model_cannot_take():
 
 
 # --------------------------------------------------------------------------- imports
-@pytest.mark.parametrize('imports, absent', [
-    (['torch_twin'], 'jax'),
+# The core package's second case also writes a metrics line, TensorBoard event included:
+# tensorboardX would import torch when it is installed (1.6 s per training process).
+_WRITE_METRICS = ('import tempfile, os\n'
+                  'log = importlib.import_module("limijax.train").MetricsLog(tempfile.mkdtemp())\n'
+                  'log.write("train", step=1, loss=0.5)\n'
+                  'assert os.listdir(log.tb_dir), "no TensorBoard file"\n')
+
+
+@pytest.mark.parametrize('imports, absent, then', [
+    (['torch_twin'], 'jax', ''),
     (['model', 'train', 'predict', 'evaluate', 'export', 'import_torch', 'torch_convert',
-      'onnx_model', 'summary', 'main'], 'torch'),
+      'onnx_model', 'summary', 'main'], 'torch', _WRITE_METRICS),
 ])
-def test_twin_needs_no_jax_and_the_core_package_no_torch(imports, absent):
+def test_twin_needs_no_jax_and_the_core_package_no_torch(imports, absent, then):
   code = ('import importlib, sys\n'
           f'for name in {imports!r}: importlib.import_module("limijax." + name)\n'
+          f'{then}'
           f'assert {absent!r} not in sys.modules, sorted(sys.modules)\n')
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
