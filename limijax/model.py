@@ -348,15 +348,47 @@ class HUF(nn.Module):
     return nn.relu(gn(self.features, 'fuse_gn')(y))
 
 
+class _Kernel(nn.Module):
+  """A convolution kernel alone: ``kernel`` created as ``nn.Conv`` and
+  :class:`DepthwiseConv` create theirs (same initialiser, same random stream)."""
+  shape: tuple
+
+  @nn.compact
+  def __call__(self):
+    return self.param('kernel', conv_init, self.shape, jnp.float32)
+
+
+class _DSConvKernels(nn.Module):
+  """The parameters of a bias-free 3x3 :class:`DSConv` (``dw``, ``pw``), not applied."""
+  features: int
+
+  @nn.compact
+  def __call__(self, channels: int):
+    return (_Kernel((3, 3, 1, channels), name='dw')(),
+            _Kernel((1, 1, channels, self.features), name='pw')())
+
+
 class FastUp(nn.Module):
-  """FastUp (Fig. 4b): bilinear x``factor``, then a depthwise-separable 3x3 conv."""
+  """FastUp (Fig. 4b): bilinear x``factor``, then a depthwise-separable 3x3 conv.
+
+  With the ``shift`` depthwise form (``auto``) the upsampling is folded into the
+  convolutions (:func:`limijax.depthwise.upsample_separable_conv`: one dense conv at
+  the input resolution, never the upsampled tensor); ``grouped`` computes the literal
+  sequence. Same parameters either way.
+  """
   factor: int
   features: int = 4
   impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
-    x = DSConv(self.features, impl=self.impl, name='dsconv')(upsample_bilinear(x, self.factor))
+    if depthwise.resolve_impl(self.impl) == 'grouped':
+      x = DSConv(self.features, impl=self.impl, name='dsconv')(
+          upsample_bilinear(x, self.factor))
+    else:
+      dw, pw = _DSConvKernels(self.features, name='dsconv')(x.shape[-1])
+      x = depthwise.upsample_separable_conv(
+          x, dw, pw, self.factor, as_matmul=_POINTWISE_FORM.get() == 'matmul')
     return nn.relu(gn(self.features, 'gn')(x))
 
 

@@ -164,6 +164,45 @@ def test_bilinear_matches_torch_align_corners_false(factor):
   np.testing.assert_allclose(np.asarray(y).transpose(0, 3, 1, 2), ref, atol=1e-5)
 
 
+def _literal_fastup(x, dw, pw, factor):
+  """FastUp's convolutions as the paper draws them: bilinear, then depthwise 3x3 (XLA's
+  grouped convolution, zero padding 1), then pointwise."""
+  u = model_lib.upsample_bilinear(x, factor)
+  return jnp.einsum('nhwc,cd->nhwd', _grouped_reference(u, dw, 1, 1), pw[0, 0])
+
+
+@pytest.mark.parametrize('factor,h,w,c', [(2, 5, 7, 3), (4, 4, 6, 5), (8, 3, 2, 4), (8, 1, 1, 2),
+                                          (3, 4, 5, 2)])
+@pytest.mark.parametrize('as_matmul', [False, True])
+def test_folded_fastup_equals_upsampling_then_convolving(factor, h, w, c, as_matmul):
+  # Odd, even and one-pixel sizes: every border correction (rows, columns, corners) and
+  # every phase is exercised; values and all three gradients.
+  x, dw, pw = _rand(20, (2, h, w, c)), _rand(21, (3, 3, 1, c)), _rand(22, (1, 1, c, 4))
+  ref_y, ref_vjp = jax.vjp(lambda *a: _literal_fastup(*a, factor), x, dw, pw)
+  y, vjp = jax.vjp(lambda *a: depthwise.upsample_separable_conv(*a, factor, as_matmul=as_matmul),
+                   x, dw, pw)
+  assert y.shape == (2, factor * h, factor * w, 4)
+  close(y, ref_y)
+  ct = _rand(23, y.shape)
+  for a, b in zip(vjp(ct), ref_vjp(ct)):
+    close(a, b)
+  # Under vmap (the vectorised seeds map over the kernels too).
+  batched = jax.vmap(lambda d, p: depthwise.upsample_separable_conv(x, d, p, factor,
+                                                                    as_matmul=as_matmul))
+  close(batched(jnp.stack([dw, -dw]), jnp.stack([pw, pw]))[1],
+        _literal_fastup(x, -dw, pw, factor))
+
+
+def test_folded_fastup_has_the_literal_forms_parameters():
+  x = _rand(24, (1, 4, 4, 6))
+  folded, literal = model_lib.FastUp(4, impl='shift'), model_lib.FastUp(4, impl='grouped')
+  vf, vl = folded.init(jax.random.PRNGKey(3), x), literal.init(jax.random.PRNGKey(3), x)
+  assert jax.tree.structure(vf) == jax.tree.structure(vl)
+  for a, b in zip(jax.tree.leaves(vf), jax.tree.leaves(vl)):
+    np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
+  close(folded.apply(vl, x), literal.apply(vl, x))
+
+
 def test_whole_model_same_for_every_impl():
   x = _rand(9, (2, 32, 48, 1))
   y = (jax.random.uniform(jax.random.PRNGKey(10), (2, 32, 48, 1)) > 0.9).astype(jnp.float32)
