@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import importlib
 import json
 import os
 import platform
@@ -184,9 +185,8 @@ class Backends:
       self.ort_reason = 'exporting the ONNX graph needs torch'
     else:
       try:
-        import onnx  # pylint: disable=g-import-not-at-top,unused-import
-        import onnxruntime  # pylint: disable=g-import-not-at-top
-        self.ort = onnxruntime
+        importlib.import_module('onnx')  # the exporter needs it; only its presence counts
+        self.ort = importlib.import_module('onnxruntime')
       except ImportError as e:
         self.ort_reason = f'{e.name} is not installed (pip install -e ".[torch]")'
     if not torch_compile:
