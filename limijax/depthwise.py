@@ -75,6 +75,27 @@ def _correlate_kernel_grad(xp: jax.Array, g: jax.Array, kh: int, kw: int, stride
       for a in range(kh)])
 
 
+def _kernel_grad(x: jax.Array, g: jax.Array, k: int, stride: int, dilation: int,
+                 pad: int) -> jax.Array:
+  """The gradient, with respect to the ``(k, k, C)`` kernel, of ``sum(g * y)`` where ``y``
+  is the convolution of the unpadded ``x`` (C channels, or 1 broadcast to C) with padding
+  ``pad``: on a CPU, XLA's filter-gradient convolution (the transpose of the grouped
+  convolution in its kernel), 2-8x faster there than the k*k reductions of
+  :func:`_correlate_kernel_grad` (e.g. 145 against 290 ms for 20 channels at 256x256,
+  batch 10). Other backends keep the reductions, the form measured on a GPU."""
+  if jax.default_backend() != 'cpu':
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return _correlate_kernel_grad(xp, g, k, k, stride, dilation)
+
+  def conv(kernel):
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
+        dimension_numbers=_NHWC, feature_group_count=x.shape[-1])
+
+  (dk,) = jax.linear_transpose(conv, jax.ShapeDtypeStruct((k, k, 1, g.shape[-1]), g.dtype))(g)
+  return dk[:, :, 0, :]
+
+
 def _phase_taps(k: int, stride: int, dilation: int, pad: int):
   """Per input phase ``r`` (rows ``stride*m + r``), the taps ``(a, off)`` with
   ``dx[stride*m + r] += g[m + off] * w[a]``: the transpose of ``out[i] = sum_a
@@ -138,12 +159,10 @@ def _shift_conv_bwd(stride, dilation, res, g):
   x, w2 = res
   _, h, w, _ = x.shape
   k = w2.shape[0]
-  pad = dilation * (k // 2)
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   dx = _conv_input_grad(g, w2, h, w, stride, dilation)
   if x.shape[-1] != dx.shape[-1]:  # one input channel broadcast to every output channel
     dx = jnp.sum(dx, axis=-1, keepdims=True)
-  return dx, _correlate_kernel_grad(xp, g, k, k, stride, dilation)
+  return dx, _kernel_grad(x, g, k, stride, dilation, dilation * (k // 2))
 
 
 _shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
@@ -248,11 +267,11 @@ def _shift_conv_t2x_fwd(x, w2):
 def _shift_conv_t2x_bwd(res, g):
   # The transpose of this transposed convolution is the stride-2 correlation
   # dx[m] = sum_a g[2m + a - 1] w[a] (kernel 4, padding 1), and the kernel gradient
-  # pairs x[m] with the same windows of g.
+  # pairs x[m] with the same windows of g (the kernel gradient of that correlation).
   x, w2 = res
   _, h, w, _ = x.shape
   gp = jnp.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return (_correlate(gp, w2, 2, 1, h, w), _correlate_kernel_grad(gp, x, 4, 4, 2, 1))
+  return _correlate(gp, w2, 2, 1, h, w), _kernel_grad(g, x, 4, 2, 1, 1)
 
 
 _shift_conv_t2x.defvjp(_shift_conv_t2x_fwd, _shift_conv_t2x_bwd)
