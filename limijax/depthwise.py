@@ -15,7 +15,9 @@ gradients are slow. Every function here takes ``impl``:
 Both forms give the same numbers (tests check outputs and gradients to 1e-5). The shift
 forms carry hand-written gradients (``jax.custom_vjp``): autodiff of k*k slices would
 transpose each into a pad of the whole input and add them up, a backward pass many
-times the size of the forward that is slow to compile and to run. Kernels
+times the size of the forward that is slow to compile and to run. Their kernel
+gradients are, on a CPU, XLA's filter-gradient convolution: the one part of XLA's
+grouped convolution that runs fast there (:func:`_kernel_grad`). Kernels
 are stored as ``(kh, kw, 1, C)`` — flax's layout for a grouped conv with one input
 channel per group — so parameters do not depend on the implementation chosen.
 Padding is always explicit, PyTorch style (``padding = k // 2``), because flax's
