@@ -283,22 +283,27 @@ _shift_conv_t2x.defvjp(_shift_conv_t2x_fwd, _shift_conv_t2x_bwd)
 
 
 # --------------------------------------------------------------------------- FastUp
+def _bilinear_source(o: int, factor: int) -> tuple[int, float]:
+  """``(i, t)``: bilinear x``factor`` at output position ``o`` is
+  ``(1 - t) * xe[i] + t * xe[i + 1]``, where ``xe`` is the input with its edge repeated
+  once on each side. Half-pixel centres (PyTorch's ``align_corners=False``): ``o``
+  samples the input at ``(o + 0.5) / factor - 0.5``, i.e. ``xe`` one further; the repeated
+  edges reproduce PyTorch's clamping."""
+  u = (o + 0.5) / factor + 0.5
+  return math.floor(u), u - math.floor(u)
+
+
 def _bilinear_taps(factor: int):
   """``taps[r, a, i]``: the weight of ``xe[m + i]`` (``xe``: the input with its edge
   repeated once on each side) in the bilinear x``factor`` upsampling at position
-  ``factor * m + r + a - 1``, for output phase ``r`` and 3x3 kernel row ``a``.
-
-  Half-pixel centres (PyTorch's ``align_corners=False``): position ``o`` samples the
-  input at ``(o + 0.5) / factor - 0.5``, i.e. ``xe`` at that plus one, always within
-  ``xe[m .. m + 2]``; the repeated edges reproduce PyTorch's clamping.
-  """
+  ``factor * m + r + a - 1``, for output phase ``r`` and 3x3 kernel row ``a``: always
+  within ``xe[m .. m + 2]``."""
   taps = [[[0.0] * 3 for _ in range(3)] for _ in range(factor)]
   for r in range(factor):
     for a in range(3):
-      u = (r + a - 1 + 0.5) / factor + 0.5
-      lo = math.floor(u)
-      taps[r][a][lo] += 1.0 - (u - lo)
-      taps[r][a][lo + 1] += u - lo
+      lo, t = _bilinear_source(r + a - 1, factor)
+      taps[r][a][lo] += 1.0 - t
+      taps[r][a][lo + 1] += t
   return taps
 
 
@@ -307,11 +312,7 @@ def _bilinear_line(v: jax.Array, factor: int) -> jax.Array:
   (one past each edge, where the clamped interpolation keeps the edge value)."""
   n = v.shape[1]
   ve = jnp.concatenate([v[:, :1], v, v[:, -1:]], axis=1)
-  lo, frac = [], []
-  for o in range(-1, factor * n + 1):
-    u = (o + 0.5) / factor + 0.5
-    lo.append(math.floor(u))
-    frac.append(u - math.floor(u))
+  lo, frac = zip(*(_bilinear_source(o, factor) for o in range(-1, factor * n + 1)))
   idx = jnp.asarray(lo)
   frac = jnp.asarray(frac, v.dtype)[None, :, None]
   return jnp.take(ve, idx, axis=1) * (1.0 - frac) + jnp.take(ve, idx + 1, axis=1) * frac

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -452,7 +453,6 @@ def _summary_writer_class():
   small run) only to recognise torch tensors, which are never passed here. Its import is
   refused for that moment unless torch is already loaded; torch itself stays importable.
   """
-  import sys  # pylint: disable=g-import-not-at-top
   if 'torch' in sys.modules:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     return SummaryWriter
@@ -773,6 +773,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   window_start = [time.time()]
   data_wait = [0.0]  # seconds of the window spent waiting for the input pipeline
 
+  def start_window() -> None:  # a logging window: its rate and data_wait start afresh
+    window_start[0] = time.time()
+    data_wait[0] = 0.0
+
   def flush(epoch: int, bar) -> None:
     """Fetch the outputs since the last log line: check them for NaN, log their means."""
     if not pending:
@@ -803,8 +807,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         bar.set_postfix(loss=f'{means["loss"]:.4f}', lr=f'{means["lr"]:.2e}',
                         steps_per_s=f'{rate:.2f}')
     pending.clear()
-    window_start[0] = time.time()
-    data_wait[0] = 0.0
+    start_window()
 
   def save_latest(r: _Run, k: int, epoch: int) -> None:
     r.meta.update(epoch=epoch, log_size=r.log.size(), wall_time=time.time() - r.wall0,
@@ -824,8 +827,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   for epoch in range(start_epoch, config.num_epochs):
     bar = tqdm(range(steps_per_epoch), desc=f'epoch {epoch + 1}/{config.num_epochs}',
                leave=False, disable=not progress, dynamic_ncols=True)
-    window_start[0] = time.time()
-    data_wait[0] = 0.0
+    start_window()
     for i in bar:
       t_data = time.time()
       if num_seeds == 1:

@@ -18,6 +18,15 @@ def close(a, b, tol=1e-5):
   np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale)
 
 
+@pytest.fixture(params=['filter_conv', 'reductions'])
+def kernel_grad_form(request, monkeypatch):
+  """Each form of the shift form's kernel gradients: XLA's filter-gradient convolution
+  (the CPU's) and the per-tap reductions other backends use."""
+  if request.param == 'reductions':
+    monkeypatch.setattr(depthwise, '_FILTER_GRADIENT_CONV_BACKENDS', ())
+  return request.param
+
+
 def _rand(key, shape):
   return jax.random.normal(jax.random.PRNGKey(key), shape, jnp.float32)
 
@@ -51,11 +60,8 @@ def _grouped_reference(x, w, stride, dilation):
 @pytest.mark.parametrize('k,stride,dilation,h,w', [
     (3, 1, 1, 9, 7), (3, 2, 1, 9, 7), (7, 1, 1, 11, 13), (7, 2, 1, 11, 13),
     (7, 2, 1, 16, 10), (3, 2, 2, 9, 12), (5, 3, 1, 10, 8)])
-@pytest.mark.parametrize('kernel_grad', ['filter_conv', 'reductions'])
-def test_hand_written_gradient_equals_autodiff_of_grouped(k, stride, dilation, h, w, kernel_grad,
-                                                          monkeypatch):
-  if kernel_grad == 'reductions':  # the kernel gradient's form off the CPU
-    monkeypatch.setattr(depthwise, '_FILTER_GRADIENT_CONV_BACKENDS', ())
+def test_hand_written_gradient_equals_autodiff_of_grouped(k, stride, dilation, h, w,
+                                                          kernel_grad_form):
   # The shift form's gradient is written by hand (custom VJP); it must equal jax.grad of
   # the grouped convolution on odd and even sizes, stride 1, 2 and 3, kernel 3 to 7.
   x, wt = _rand(11, (2, h, w, 3)), _rand(12, (k, k, 1, 3))
@@ -86,11 +92,7 @@ def test_hand_written_gradient_golden_1d():
 
 
 @pytest.mark.parametrize('h,w', [(5, 7), (4, 6), (1, 3)])
-@pytest.mark.parametrize('kernel_grad', ['filter_conv', 'reductions'])
-def test_transposed_hand_written_gradient_equals_autodiff_of_grouped(h, w, kernel_grad,
-                                                                     monkeypatch):
-  if kernel_grad == 'reductions':  # the kernel gradient's form off the CPU
-    monkeypatch.setattr(depthwise, '_FILTER_GRADIENT_CONV_BACKENDS', ())
+def test_transposed_hand_written_gradient_equals_autodiff_of_grouped(h, w, kernel_grad_form):
   x, wt = _rand(14, (2, h, w, 3)), _rand(15, (4, 4, 1, 3))
   ct = _rand(16, (2, 2 * h, 2 * w, 3))
   outs = {}
