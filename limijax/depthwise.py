@@ -22,6 +22,12 @@ are stored as ``(kh, kw, 1, C)`` — flax's layout for a grouped conv with one i
 channel per group — so parameters do not depend on the implementation chosen.
 Padding is always explicit, PyTorch style (``padding = k // 2``), because flax's
 ``'SAME'`` puts the extra row of a stride-2 convolution on the other side.
+
+The model's other convolution kernels live here too, each equal to its literal form
+(tests): :func:`pointwise_conv` (a 1x1 convolution whose kernel gradient is one matrix
+product), :func:`separable_conv_dense` (a depthwise-separable convolution as one dense
+convolution) and :func:`upsample_separable_conv` (FastUp's upsampling and convolutions
+folded into one convolution at the input resolution).
 """
 
 from __future__ import annotations
@@ -280,6 +286,54 @@ def _shift_conv_t2x_bwd(res, g):
 
 
 _shift_conv_t2x.defvjp(_shift_conv_t2x_fwd, _shift_conv_t2x_bwd)
+
+
+# --------------------------------------------------------------------------- pointwise
+@jax.custom_vjp
+def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """1x1 convolution of NHWC ``x`` with ``kernel`` (1, 1, C, F), no bias: XLA's
+  convolution forward and for the input gradient, and the kernel gradient as one matrix
+  product over all pixels. Autodiff would take the kernel gradient from XLA's
+  filter-gradient convolution, which on a CPU first copies both operands into a
+  batch-innermost layout: 40 against 7.5 ms for 20 -> 8 channels at 256x256, batch 10,
+  on a 2-core CPU."""
+  return _pointwise(x, kernel)
+
+
+def _pointwise(x, kernel):
+  return lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), 'VALID',
+                                  dimension_numbers=_NHWC)
+
+
+def _pointwise_fwd(x, kernel):
+  return _pointwise(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(res, g):
+  x, kernel = res
+  dx = _pointwise(g, jnp.swapaxes(kernel, 2, 3))
+  dk = lax.dot_general(x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]),
+                       (((0,), (0,)), ((), ())))
+  return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+pointwise_conv.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+def separable_conv_dense(x: jax.Array, dw_kernel: jax.Array,
+                         pw_kernel: jax.Array) -> jax.Array:
+  """``pointwise(depthwise(x))`` (stride 1, zero padding k // 2, no bias) as one dense
+  k x k convolution whose kernel is ``dw_kernel[a, b, 0, c] * pw_kernel[0, 0, c, f]``.
+  More multiplications than the two steps, but one pass over the image instead of two,
+  and a kernel gradient without k*k per-channel reductions."""
+  k, c, f = dw_kernel.shape[0], x.shape[-1], pw_kernel.shape[-1]
+  if dw_kernel.shape != (k, k, 1, c) or pw_kernel.shape != (1, 1, c, f) or k % 2 != 1:
+    raise ValueError(f'separable_conv_dense needs kernels (k, k, 1, {c}) with k odd and '
+                     f'(1, 1, {c}, F); got {dw_kernel.shape} and {pw_kernel.shape}')
+  dense = dw_kernel[:, :, 0, :, None] * pw_kernel[0, 0][None, None]
+  p = k // 2
+  return lax.conv_general_dilated(x, dense.astype(x.dtype), (1, 1), ((p, p), (p, p)),
+                                  dimension_numbers=_NHWC)
 
 
 # --------------------------------------------------------------------------- FastUp

@@ -70,6 +70,7 @@ import contextlib
 import contextvars
 import functools
 import math
+import os
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -188,17 +189,23 @@ def pointwise_as_matmul():
     _POINTWISE_FORM.reset(token)
 
 
-class MatmulPointwise(nn.Module):
-  """A 1x1 convolution as a matrix product over channels: the parameters of ``nn.Conv``
-  (``kernel`` of shape (1, 1, C_in, features), ``bias``), created in the same order."""
+class Pointwise(nn.Module):
+  """A 1x1 convolution with the parameters of ``nn.Conv`` (``kernel`` of shape
+  (1, 1, C_in, features), ``bias``, created in the same order): XLA's convolution with
+  the kernel gradient as one matrix product (:func:`limijax.depthwise.pointwise_conv`),
+  or with ``as_matmul`` a matrix product over channels."""
   features: int
   use_bias: bool = False
   bias_init: Callable = nn.initializers.zeros_init()
+  as_matmul: bool = False
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', conv_init, (1, 1, x.shape[-1], self.features), jnp.float32)
-    y = jnp.einsum('...c,cd->...d', x, kernel[0, 0])
+    if self.as_matmul:
+      y = jnp.einsum('...c,cd->...d', x, kernel[0, 0])
+    else:
+      y = depthwise.pointwise_conv(x, kernel)
     if self.use_bias:
       y = y + self.param('bias', self.bias_init, (self.features,), jnp.float32)
     return y
@@ -206,16 +213,36 @@ class MatmulPointwise(nn.Module):
 
 def pointwise(features: int, use_bias: bool = False, name: str | None = None,
               bias_init: Callable = nn.initializers.zeros_init()) -> nn.Module:
-  """A 1x1 convolution: ``nn.Conv``, or inside :func:`pointwise_as_matmul` the same
+  """A 1x1 convolution (:class:`Pointwise`); inside :func:`pointwise_as_matmul` the same
   parameters as a matrix product."""
-  if _POINTWISE_FORM.get() == 'matmul':
-    return MatmulPointwise(features, use_bias, bias_init, name=name)
-  return nn.Conv(features, (1, 1), use_bias=use_bias, kernel_init=conv_init,
-                 bias_init=bias_init, name=name)
+  return Pointwise(features, use_bias, bias_init, _POINTWISE_FORM.get() == 'matmul',
+                   name=name)
+
+
+class _Kernel(nn.Module):
+  """A convolution kernel alone: ``kernel`` created as ``nn.Conv`` and
+  :class:`DepthwiseConv` create theirs (same initialiser, same random stream)."""
+  shape: tuple
+
+  @nn.compact
+  def __call__(self):
+    return self.param('kernel', conv_init, self.shape, jnp.float32)
+
+
+# Separable convolutions with at least this many input channels run as one dense conv
+# under the shift form (measured on a 2-core CPU at batch 10, 256x256, forward and
+# backward: 20 -> 8 channels 192 -> 140 ms, 8 -> 8 87 -> 41 ms; 4 -> 8 gains nothing and
+# its forward is 3x slower dense).
+DENSE_SEPARABLE_MIN_CHANNELS = 8
 
 
 class DSConv(nn.Module):
-  """Depthwise-separable convolution: depthwise k x k (stride s), then pointwise."""
+  """Depthwise-separable convolution: depthwise k x k (stride s), then pointwise.
+
+  With the shift depthwise form (``auto``), stride 1, no bias and at least
+  :data:`DENSE_SEPARABLE_MIN_CHANNELS` input channels, both are computed as one dense
+  k x k convolution (:func:`limijax.depthwise.separable_conv_dense`); the parameters
+  are the same either way."""
   features: int
   kernel_size: int = 3
   stride: int = 1
@@ -224,7 +251,14 @@ class DSConv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = DepthwiseConv(self.kernel_size, self.stride, self.impl, name='dw')(x)
+    c, k = x.shape[-1], self.kernel_size
+    if (self.stride == 1 and not self.use_bias and c >= DENSE_SEPARABLE_MIN_CHANNELS
+        and depthwise.resolve_impl(self.impl) == 'shift'
+        and _POINTWISE_FORM.get() == 'conv'):
+      dw = _Kernel((k, k, 1, c), name='dw')()
+      pw = _Kernel((1, 1, c, self.features), name='pw')()
+      return depthwise.separable_conv_dense(x, dw, pw)
+    x = DepthwiseConv(k, self.stride, self.impl, name='dw')(x)
     return pointwise(self.features, self.use_bias, name='pw')(x)
 
 
@@ -346,16 +380,6 @@ class HUF(nn.Module):
       up = DSConv(self.features, impl=self.impl, name='up_dsconv')(upsample_bilinear(deep, 2))
     y = pointwise(self.features, name='fuse')(jnp.concatenate([up, skip], axis=-1))
     return nn.relu(gn(self.features, 'fuse_gn')(y))
-
-
-class _Kernel(nn.Module):
-  """A convolution kernel alone: ``kernel`` created as ``nn.Conv`` and
-  :class:`DepthwiseConv` create theirs (same initialiser, same random stream)."""
-  shape: tuple
-
-  @nn.compact
-  def __call__(self):
-    return self.param('kernel', conv_init, self.shape, jnp.float32)
 
 
 class _DSConvKernels(nn.Module):
@@ -503,11 +527,24 @@ def init(model: LimiNet, rng: jax.Array, size: int = 32) -> dict:
   return _jitted_init(model)(rng, x)
 
 
+def init_compiler_options() -> dict | None:
+  """XLA options for compiling the initialisation on a CPU: backend optimisation level 1,
+  unless ``XLA_FLAGS`` sets a level. The program is a hundred random draws: at level 1 it
+  compiles in half the time of the default level (8 against 16 s on a 2-core CPU) and
+  gives the same values, bit for bit (tests/test_model.py); level 0 rounds the normal
+  draws differently."""
+  if jax.default_backend() != 'cpu' or 'xla_backend_optimization_level' in os.environ.get(
+      'XLA_FLAGS', ''):
+    return None
+  return {'xla_backend_optimization_level': 1}
+
+
 @functools.lru_cache(maxsize=64)
 def _jitted_init(model: LimiNet):
   # jitted: op-by-op initialisation of this many small ops is slower than compiling it;
   # one jitted function per model (modules are hashable), so it is traced once per process
-  return jax.jit(lambda rng, x: model.init(rng, x, train=True))
+  return jax.jit(lambda rng, x: model.init(rng, x, train=True),
+                 compiler_options=init_compiler_options())
 
 
 def count_params(params) -> int:

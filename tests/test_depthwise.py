@@ -31,6 +31,16 @@ def _rand(key, shape):
   return jax.random.normal(jax.random.PRNGKey(key), shape, jnp.float32)
 
 
+def _vjp(f, *args, ct_key):
+  """``f(*args)`` and its VJP applied to a random cotangent (key ``ct_key``), in one
+  jitted call: executed op by op, every small operation is compiled on its own, which
+  made these tests several times slower."""
+  def run(*a):
+    y, vjp = jax.vjp(f, *a)
+    return y, vjp(_rand(ct_key, y.shape))
+  return jax.jit(run)(*args)
+
+
 @pytest.mark.parametrize('k,stride,dilation', [(3, 1, 1), (3, 2, 1), (5, 2, 1), (7, 2, 1), (3, 1, 2)])
 def test_depthwise_forms_agree_outputs_and_grads(k, stride, dilation):
   x, w = _rand(0, (2, 12, 18, 5)), _rand(1, (k, k, 1, 5))
@@ -39,7 +49,7 @@ def test_depthwise_forms_agree_outputs_and_grads(k, stride, dilation):
     def loss(x, w):
       y = depthwise.depthwise_conv(x, w, stride=stride, dilation=dilation, impl=impl)
       return jnp.sum(jnp.sin(y)), y
-    (_, y), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, w)
+    (_, y), g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, w)
     return y, g
 
   (ya, ga), (yb, gb) = f('grouped'), f('shift')
@@ -65,12 +75,12 @@ def test_hand_written_gradient_equals_autodiff_of_grouped(k, stride, dilation, h
   # The shift form's gradient is written by hand (custom VJP); it must equal jax.grad of
   # the grouped convolution on odd and even sizes, stride 1, 2 and 3, kernel 3 to 7.
   x, wt = _rand(11, (2, h, w, 3)), _rand(12, (k, k, 1, 3))
-  ct = _rand(13, _grouped_reference(x, wt, stride, dilation).shape)
-  ref_y, ref_vjp = jax.vjp(lambda x, wt: _grouped_reference(x, wt, stride, dilation), x, wt)
-  y, vjp = jax.vjp(lambda x, wt: depthwise.depthwise_conv(
-      x, wt, stride=stride, dilation=dilation, impl='shift'), x, wt)
+  ref_y, ref_g = _vjp(lambda x, wt: _grouped_reference(x, wt, stride, dilation), x, wt,
+                      ct_key=13)
+  y, g = _vjp(lambda x, wt: depthwise.depthwise_conv(
+      x, wt, stride=stride, dilation=dilation, impl='shift'), x, wt, ct_key=13)
   close(y, ref_y)
-  for got, want in zip(vjp(ct), ref_vjp(ct)):
+  for got, want in zip(g, ref_g):
     assert got.shape == want.shape
     close(got, want)
 
@@ -94,13 +104,14 @@ def test_hand_written_gradient_golden_1d():
 @pytest.mark.parametrize('h,w', [(5, 7), (4, 6), (1, 3)])
 def test_transposed_hand_written_gradient_equals_autodiff_of_grouped(h, w, kernel_grad_form):
   x, wt = _rand(14, (2, h, w, 3)), _rand(15, (4, 4, 1, 3))
-  ct = _rand(16, (2, 2 * h, 2 * w, 3))
   outs = {}
   for impl in ('grouped', 'shift'):
-    outs[impl] = jax.vjp(
-        lambda x, wt, impl=impl: depthwise.depthwise_conv_transpose2x(x, wt, impl=impl), x, wt)
+    outs[impl] = _vjp(
+        lambda x, wt, impl=impl: depthwise.depthwise_conv_transpose2x(x, wt, impl=impl), x, wt,
+        ct_key=16)
+  assert outs['shift'][0].shape == (2, 2 * h, 2 * w, 3)
   close(outs['shift'][0], outs['grouped'][0])
-  for got, want in zip(outs['shift'][1](ct), outs['grouped'][1](ct)):
+  for got, want in zip(outs['shift'][1], outs['grouped'][1]):
     assert got.shape == want.shape
     close(got, want)
 
@@ -113,7 +124,7 @@ def test_hand_written_gradients_under_vmap_and_jit():
     return lambda x, wt: jnp.sum(jnp.tanh(depthwise.depthwise_conv(x, wt, stride=2, impl=impl)))
 
   got = jax.jit(jax.vmap(jax.grad(loss('shift'), (0, 1))))(x, wt)
-  want = jax.vmap(jax.grad(loss('grouped'), (0, 1)))(x, wt)
+  want = jax.jit(jax.vmap(jax.grad(loss('grouped'), (0, 1))))(x, wt)
   for a, b in zip(got, want):
     close(a, b)
 
@@ -123,7 +134,8 @@ def test_transposed_forms_agree_outputs_and_grads():
 
   def f(impl):
     loss = lambda x, w: jnp.sum(jnp.cos(depthwise.depthwise_conv_transpose2x(x, w, impl=impl)))
-    return depthwise.depthwise_conv_transpose2x(x, w, impl=impl), jax.grad(loss, (0, 1))(x, w)
+    return (depthwise.depthwise_conv_transpose2x(x, w, impl=impl),
+            jax.jit(jax.grad(loss, (0, 1)))(x, w))
 
   (ya, ga), (yb, gb) = f('grouped'), f('shift')
   assert ya.shape == (2, 10, 14, 3)
@@ -188,19 +200,18 @@ def test_folded_fastup_equals_upsampling_then_convolving(factor, h, w, c, as_mat
   # Odd, even and one-pixel sizes: every border correction (rows, columns, corners) and
   # every phase is exercised; values and all three gradients.
   x, dw, pw = _rand(20, (2, h, w, c)), _rand(21, (3, 3, 1, c)), _rand(22, (1, 1, c, 4))
-  ref_y, ref_vjp = jax.vjp(lambda *a: _literal_fastup(*a, factor), x, dw, pw)
-  y, vjp = jax.vjp(lambda *a: depthwise.upsample_separable_conv(*a, factor, as_matmul=as_matmul),
-                   x, dw, pw)
+  ref_y, ref_g = _vjp(lambda *a: _literal_fastup(*a, factor), x, dw, pw, ct_key=23)
+  y, g = _vjp(lambda *a: depthwise.upsample_separable_conv(*a, factor, as_matmul=as_matmul),
+              x, dw, pw, ct_key=23)
   assert y.shape == (2, factor * h, factor * w, 4)
   close(y, ref_y)
-  ct = _rand(23, y.shape)
-  for a, b in zip(vjp(ct), ref_vjp(ct)):
+  for a, b in zip(g, ref_g):
     close(a, b)
   # Under vmap (the vectorised seeds map over the kernels too).
-  batched = jax.vmap(lambda d, p: depthwise.upsample_separable_conv(x, d, p, factor,
-                                                                    as_matmul=as_matmul))
+  batched = jax.jit(jax.vmap(lambda d, p: depthwise.upsample_separable_conv(
+      x, d, p, factor, as_matmul=as_matmul)))
   close(batched(jnp.stack([dw, -dw]), jnp.stack([pw, pw]))[1],
-        _literal_fastup(x, -dw, pw, factor))
+        jax.jit(_literal_fastup, static_argnums=3)(x, -dw, pw, factor))
 
 
 def test_folded_fastup_has_the_literal_forms_parameters():
@@ -211,6 +222,48 @@ def test_folded_fastup_has_the_literal_forms_parameters():
   for a, b in zip(jax.tree.leaves(vf), jax.tree.leaves(vl)):
     np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
   close(folded.apply(vl, x), literal.apply(vl, x))
+
+
+@pytest.mark.parametrize('shape,features,use_bias', [((2, 5, 7, 3), 4, False),
+                                                     ((1, 1, 1, 6), 1, True)])
+def test_pointwise_conv_equals_flax_conv_in_values_parameters_and_gradients(shape, features,
+                                                                          use_bias):
+  # The kernel gradient is a matrix product written by hand: it must be autodiff's.
+  x = _rand(30, shape)
+  ref = flax_nn.Conv(features, (1, 1), use_bias=use_bias, kernel_init=model_lib.conv_init,
+                     bias_init=flax_nn.initializers.normal(1.0))
+  ours = model_lib.Pointwise(features, use_bias, bias_init=flax_nn.initializers.normal(1.0))
+  v_ref, v_ours = ref.init(jax.random.PRNGKey(4), x), ours.init(jax.random.PRNGKey(4), x)
+  assert jax.tree.structure(v_ref) == jax.tree.structure(v_ours)
+  for a, b in zip(jax.tree.leaves(v_ref), jax.tree.leaves(v_ours)):
+    np.testing.assert_array_equal(a, b)
+  want_y, want_g = _vjp(ref.apply, v_ref, x, ct_key=31)
+  got_y, got_g = _vjp(ours.apply, v_ref, x, ct_key=31)
+  close(got_y, want_y)
+  for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+    close(a, b)
+
+
+@pytest.mark.parametrize('k,c', [(3, 8), (3, 20), (5, 9)])
+def test_dense_separable_conv_equals_depthwise_then_pointwise(k, c):
+  x = _rand(32, (2, 9, 11, c))
+  dense = model_lib.DSConv(6, kernel_size=k, impl='shift')
+  literal = model_lib.DSConv(6, kernel_size=k, impl='grouped')
+  vd, vl = dense.init(jax.random.PRNGKey(5), x), literal.init(jax.random.PRNGKey(5), x)
+  assert jax.tree.structure(vd) == jax.tree.structure(vl)
+  for a, b in zip(jax.tree.leaves(vd), jax.tree.leaves(vl)):
+    np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
+  # the dense form is the one taken (no hand-written depthwise step), and below
+  # DENSE_SEPARABLE_MIN_CHANNELS the two steps
+  assert 'custom_vjp' not in str(jax.make_jaxpr(dense.apply)(vl, x))
+  few = x[..., :model_lib.DENSE_SEPARABLE_MIN_CHANNELS - 1]
+  assert 'custom_vjp' in str(jax.make_jaxpr(dense.apply)(dense.init(jax.random.PRNGKey(5), few),
+                                                         few))
+  want_y, want_g = _vjp(literal.apply, vl, x, ct_key=33)
+  got_y, got_g = _vjp(dense.apply, vl, x, ct_key=33)
+  close(got_y, want_y)
+  for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+    close(a, b)
 
 
 def test_whole_model_same_for_every_impl():

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from limijax import defaults, losses
 from limijax import model as model_lib
@@ -190,6 +191,30 @@ def test_bad_input_shape_names_expected_shape(shape):
   variables = jax.eval_shape(lambda: model_lib.init(m, jax.random.PRNGKey(0)))
   with pytest.raises(model_lib.InputShapeError, match=r'\(N, H, W, 1\) with H and W multiples of 16'):
     jax.eval_shape(lambda v: m.apply(v, jnp.zeros(shape), train=False), variables)
+
+
+def test_initialisation_at_xla_level_1_draws_the_default_levels_values(monkeypatch):
+  # init() compiles at backend optimisation level 1 on a CPU (half the compile time)
+  # unless XLA_FLAGS sets a level. Every initialiser the model uses (he-normal kernels,
+  # ECA's normal, GroupNorm's ones and zeros, the logit's constant bias) must then draw
+  # exactly what XLA's default level 3 draws; level 0 does not (normal draws round
+  # differently), so the test can fail.
+  monkeypatch.setenv('XLA_FLAGS', '')
+  assert model_lib.init_compiler_options() == {'xla_backend_optimization_level': 1}
+  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
+  assert model_lib.init_compiler_options() is None
+
+  class StemAndHead(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return model_lib.SegmentHead(name='head')(model_lib.SES(name='ses')(x))
+
+  m, x = StemAndHead(), jnp.zeros((1, 16, 16, 1))
+  drawn = {level: jax.jit(m.init, compiler_options={'xla_backend_optimization_level': level})(
+      jax.random.PRNGKey(7), x) for level in (1, 3)}
+  assert jax.tree.structure(drawn[1]) == jax.tree.structure(drawn[3])
+  for a, b in zip(jax.tree.leaves(drawn[1]), jax.tree.leaves(drawn[3])):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_eca_kernel_size_follows_eca_net():
