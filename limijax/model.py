@@ -524,7 +524,11 @@ def from_config(config, in_channels: int | None = None) -> LimiNet:
 def init(model: LimiNet, rng: jax.Array, size: int = 32) -> dict:
   """Initialise all variables (side heads included) on a (1, size, size, C) input."""
   x = jnp.zeros((1, size, size, model.in_channels), jnp.float32)
-  return _jitted_init(model)(rng, x)
+  # Inside another trace (jax.eval_shape of the train state) the jit is nested, and only a
+  # top-level jit takes compiler options.
+  nested = isinstance(x, jax.core.Tracer) or isinstance(rng, jax.core.Tracer)
+  options = () if nested else tuple((init_compiler_options() or {}).items())
+  return _jitted_init(model, options)(rng, x)
 
 
 def init_compiler_options() -> dict | None:
@@ -540,11 +544,12 @@ def init_compiler_options() -> dict | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_init(model: LimiNet):
+def _jitted_init(model: LimiNet, compiler_options: tuple = ()):
   # jitted: op-by-op initialisation of this many small ops is slower than compiling it;
-  # one jitted function per model (modules are hashable), so it is traced once per process
+  # one jitted function per model (modules are hashable) and options ((key, value)
+  # pairs), so it is traced once per process
   return jax.jit(lambda rng, x: model.init(rng, x, train=True),
-                 compiler_options=init_compiler_options())
+                 compiler_options=dict(compiler_options) or None)
 
 
 def count_params(params) -> int:

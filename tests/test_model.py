@@ -201,6 +201,10 @@ def test_initialisation_at_xla_level_1_draws_the_default_levels_values(monkeypat
   # differently), so the test can fail.
   monkeypatch.setenv('XLA_FLAGS', '')
   assert model_lib.init_compiler_options() == {'xla_backend_optimization_level': 1}
+  # inside another trace (the train state's shapes) the options are left out: a nested
+  # jit refuses them
+  shapes = jax.eval_shape(lambda: model_lib.init(model_lib.LimiNet(), jax.random.PRNGKey(0)))
+  assert shapes['params']['head']['logit']['bias'].shape == (1,)
   monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
   assert model_lib.init_compiler_options() is None
 
