@@ -229,6 +229,13 @@ class _Kernel(nn.Module):
     return self.param('kernel', conv_init, self.shape, jnp.float32)
 
 
+def _separable_kernels(k: int, channels: int, features: int):
+  """``(dw, pw)``: the kernels of a bias-free k x k :class:`DSConv`, created under the
+  calling module's ``dw`` and ``pw`` (call it inside a compact method)."""
+  return (_Kernel((k, k, 1, channels), name='dw')(),
+          _Kernel((1, 1, channels, features), name='pw')())
+
+
 # Separable convolutions with at least this many input channels run as one dense conv
 # under the shift form (measured on a 2-core CPU at batch 10, 256x256, forward and
 # backward: 20 -> 8 channels 192 -> 140 ms, 8 -> 8 87 -> 41 ms; 4 -> 8 gains nothing and
@@ -255,9 +262,7 @@ class DSConv(nn.Module):
     if (self.stride == 1 and not self.use_bias and c >= DENSE_SEPARABLE_MIN_CHANNELS
         and depthwise.resolve_impl(self.impl) == 'shift'
         and _POINTWISE_FORM.get() == 'conv'):
-      dw = _Kernel((k, k, 1, c), name='dw')()
-      pw = _Kernel((1, 1, c, self.features), name='pw')()
-      return depthwise.separable_conv_dense(x, dw, pw)
+      return depthwise.separable_conv_dense(x, *_separable_kernels(k, c, self.features))
     x = DepthwiseConv(k, self.stride, self.impl, name='dw')(x)
     return pointwise(self.features, self.use_bias, name='pw')(x)
 
@@ -388,8 +393,7 @@ class _DSConvKernels(nn.Module):
 
   @nn.compact
   def __call__(self, channels: int):
-    return (_Kernel((3, 3, 1, channels), name='dw')(),
-            _Kernel((1, 1, channels, self.features), name='pw')())
+    return _separable_kernels(3, channels, self.features)
 
 
 class FastUp(nn.Module):
