@@ -93,7 +93,7 @@ def summarize(config, size: int) -> dict:
   if size % model_lib.STRIDE:
     raise UserError(f'--size must be a multiple of {model_lib.STRIDE}, got {size}')
   model = model_lib.from_config(config)
-  variables = jax.eval_shape(lambda: model_lib.init(model, jax.random.PRNGKey(0)))
+  variables = model_lib.variable_shapes(model)
   params = variables['params']
   n_params = model_lib.count_params(params)
   side = n_params - model_lib.count_params(model_lib.inference_params(params))

@@ -164,13 +164,12 @@ def check_keys(got: Mapping[str, tuple], expected: Mapping[str, tuple],
 def flax_template(config: Any):
   """``(params, model_state)`` of ``jax.ShapeDtypeStruct`` for the flax model of a run
   config (or an exported model-config dict)."""
-  import jax  # pylint: disable=g-import-not-at-top
   from limijax import model as model_lib  # pylint: disable=g-import-not-at-top
   m = _model_config(config)
   model = model_lib.LimiNet(channels=tuple(m['channels']), stem_channels=m['stem_channels'],
                             in_channels=m['in_channels'], stem=m['stem'], block=m['block'],
                             upsampler=m['upsampler'], head=m['head'])
-  variables = jax.eval_shape(lambda: model_lib.init(model, jax.random.PRNGKey(0)))
+  variables = model_lib.variable_shapes(model)
   return variables['params'], {k: v for k, v in variables.items() if k != 'params'}
 
 

@@ -195,8 +195,12 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(run, data_dir, tmp_path
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
   assert _records(workdir)[-1]['step'] >= kill_after
 
-  resumed = _run(args)
+  # JAX_LOG_COMPILES names the programs read from the persistent compilation cache.
+  resumed = _run(args, env={**USER_ENV, 'JAX_LOG_COMPILES': '1'})
   assert resumed.returncode == 0, resumed.stderr[-4000:]
+  # The resumed state is the same program's input as a fresh one (committed to the
+  # device): the training step comes from the cache the first run filled, not compiled.
+  assert "Persistent compilation cache hit for 'jit_train_step'" in resumed.stderr
 
   ref, w = run['workdir'], workdir
   for sub in ('latest', 'best'):

@@ -2,9 +2,8 @@
 real (tiny) run, as a user runs the commands.
 
 The tiny run of tests/tiny_run.py, trained once per test run (tests/conftest.py), is
-shared by every test here. Its trained weights are also compared across JAX, the PyTorch twin and
-onnxruntime at 256x256, 512x512 and 64x96 (the JAX programs are those
-tests/test_torch_twin.py compiles, served by the shared persistent compilation cache).
+shared by every test here. Its trained weights are compared across JAX, the PyTorch twin
+and onnxruntime for every variant in tests/test_torch_twin.py.
 """
 
 import hashlib
@@ -323,37 +322,3 @@ def test_predict_with_onnx_backend_equals_jax_and_never_imports_jax(run, tmp_pat
   proc = _cli('limijax.predict', f'--workdir={workdir}', f'--input={inputs}',
               f'--out={tmp_path / "fails"}', env=no_jax)
   assert proc.returncode != 0
-
-
-# --------------------------------------------------------------------------- parity, trained
-def _transplant(trained_tree, template_tree, random_tree):
-  """The trained values where the variant has the same path and shape, else random."""
-  if not isinstance(template_tree, dict):
-    ok = trained_tree is not None and np.shape(trained_tree) == template_tree.shape
-    return np.asarray(trained_tree) if ok else random_tree
-  return {k: _transplant(trained_tree.get(k) if isinstance(trained_tree, dict) else None,
-                         template_tree[k], random_tree[k]) for k in template_tree}
-
-
-@pytest.mark.parametrize('name', list(tp.VARIANTS))
-def test_trained_weights_match_across_jax_twin_and_onnx(name, run, tmp_path):
-  """The run's weights (the default model); the ablations get them wherever their
-  parameters have the same path and shape (everything but the block they replace)."""
-  trained = run['trained']
-  cfg = tp.config(name)
-  params_t, state_t = tp.template(cfg)
-  rand_p, rand_s = tp.random_variables(params_t, state_t, seed=99)
-  params = _transplant(trained.params, params_t, rand_p)
-  state = _transplant(trained.model_state, state_t, rand_s)
-  flax_fn = tp.Jax(cfg)
-  net = tp.twin(cfg, params, state)
-  session = tp.onnx_session(cfg, params, state, tmp_path / f'{name}.onnx')
-  for h, w in tp.SIZES:
-    x = tp.grey_images(1, h, w, trained.mean, trained.std, seed=h * w)
-    ref = flax_fn(params, state, x)
-    for backend, got in (('twin', tp.run_twin(net, x)), ('onnx', tp.run_onnx(session, x))):
-      diff = float(np.abs(ref - got).max())
-      print(f'trained {name} {h}x{w} {backend}: max |diff| {diff:.2e}')
-      assert diff <= tp.TOLERANCE, (name, h, w, backend, diff)
-      sure = np.abs(ref) > tp.TOLERANCE
-      assert np.array_equal((ref > 0)[sure], (got > 0)[sure]), (name, h, w, backend)

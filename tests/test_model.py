@@ -157,6 +157,26 @@ def test_jit_grad_finite_on_all_background_and_all_target(name):
   # 64x96 and larger in tests/test_torch_twin.py.
 
 
+@pytest.mark.parametrize('channels', [1, 4, 8, 20, 32])
+def test_group_norm_equals_flax_group_norm_bit_for_bit(channels):
+  ours = model_lib.gn(channels)
+  ref = nn.GroupNorm(num_groups=min(4, max(1, channels // 2)), epsilon=model_lib.GN_EPS)
+  x = 3 * jax.random.normal(jax.random.PRNGKey(channels), (3, 8, 12, channels)) + 1
+  v, mine = ref.init(jax.random.PRNGKey(0), x), ours.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.structure(mine) == jax.tree.structure(v)  # names: params/scale, bias
+  for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(v)):
+    np.testing.assert_array_equal(a, b)
+  v = jax.tree.map(lambda p: p + jax.random.normal(jax.random.PRNGKey(5), p.shape), v)
+
+  def run(module):  # values, and gradients w.r.t. parameters and input
+    def f(v, x):
+      return (module.apply(v, x) ** 3).sum()
+    return jax.jit(lambda v, x: (module.apply(v, x), jax.grad(f, argnums=(0, 1))(v, x)))(v, x)
+
+  for a, b in zip(jax.tree.leaves(run(ours)), jax.tree.leaves(run(ref))):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_inference_does_not_use_side_heads(default_vars):
   m = model_lib.LimiNet()
   x = jax.random.normal(jax.random.PRNGKey(3), (1, 32, 32, 1))

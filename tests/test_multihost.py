@@ -35,8 +35,9 @@ TIMEOUT_S = 480  # a hung process fails the test instead of blocking the suite
 
 def _env(devices):
   env = dict(os.environ)  # conftest.py's: CPU, opt level 0, the shared compilation cache
-  flags = env.get('XLA_FLAGS', '').replace('--xla_force_host_platform_device_count=2', '')
-  env['XLA_FLAGS'] = flags + f' --xla_force_host_platform_device_count={devices}'
+  if devices > 1:  # one device is the default; XLA_FLAGS unchanged share the cache's programs
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                        f' --xla_force_host_platform_device_count={devices}')
   return env
 
 

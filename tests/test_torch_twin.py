@@ -2,10 +2,9 @@
 variant and size (the twin and its ONNX graph in onnxruntime), exact round trips,
 parameter counts and layouts, train mode, and state_dicts that do not fit.
 
-Random weights here (every leaf drawn, none at its initial value); the trained weights
-of a real run are compared in tests/test_export.py. Parity costs one JAX compilation per
-variant and input size (15), shared through the persistent compilation cache with
-tests/test_export.py.
+Parity is checked for random weights (every leaf drawn, none at its initial value) and for
+the trained weights of the shared tiny run; it costs one JAX compilation per variant and
+input size (15).
 """
 
 import os
@@ -41,24 +40,51 @@ def random_weights():
 
 
 # --------------------------------------------------------------------------- parity
+@pytest.fixture(scope='module')
+def trained(tiny_run):
+  """The best checkpoint of the shared tiny run (tests/conftest.py): the default model."""
+  from limijax import train  # pylint: disable=g-import-not-at-top
+  return train.load_run(tiny_run[0])
+
+
+def _assert_parity(flax_fn, net, session, params, state, x, what, both_classes):
+  ref = flax_fn(params, state, x)
+  assert ref.shape == x.shape
+  if both_classes:
+    assert 0 < (ref > 0).mean() < 1, f'{what}: masks all one value, the comparison is empty'
+  for backend, got in (('twin', tp.run_twin(net, x)), ('onnx', tp.run_onnx(session, x))):
+    diff = float(np.abs(ref - got).max())
+    print(f'{what} {backend}: max |diff| {diff:.2e}')
+    assert diff <= tp.TOLERANCE, (what, backend, diff)
+    # Masks agree wherever the logit is not within the tolerance of 0.
+    sure = np.abs(ref) > tp.TOLERANCE
+    assert np.array_equal((ref > 0)[sure], (got > 0)[sure]), (what, backend)
+
+
 @pytest.mark.parametrize('name', list(tp.VARIANTS))
-def test_twin_and_onnx_match_flax_with_random_weights(name, random_weights, tmp_path):
+def test_twin_and_onnx_match_flax_with_random_and_trained_weights(name, random_weights,
+                                                                 trained, tmp_path):
+  """Random weights; then the tiny run's trained weights, which the ablations get wherever
+  their parameters have the same path and shape (everything but the block they replace).
+  One jitted JAX function per variant serves both weight sets."""
   cfg, params, state = random_weights[name]
-  flax_fn = tp.Jax(cfg)
-  net = tp.twin(cfg, params, state)
-  session = tp.onnx_session(cfg, params, state, tmp_path / f'{name}.onnx')
-  for h, w in tp.SIZES:
-    x = tp.grey_images(2 if h * w < 256 * 256 else 1, h, w, MEAN, STD, seed=h + w)
-    ref = flax_fn(params, state, x)
-    assert ref.shape == (x.shape[0], h, w, 1)
-    assert 0 < (ref > 0).mean() < 1, 'masks all one value: the comparison would be empty'
-    for backend, got in (('twin', tp.run_twin(net, x)), ('onnx', tp.run_onnx(session, x))):
-      diff = float(np.abs(ref - got).max())
-      print(f'{name} {h}x{w} {backend}: max |diff| {diff:.2e}')
-      assert diff <= tp.TOLERANCE, (name, h, w, backend, diff)
-      # Masks agree wherever the logit is not within the tolerance of 0.
-      sure = np.abs(ref) > tp.TOLERANCE
-      assert np.array_equal((ref > 0)[sure], (got > 0)[sure]), (name, h, w, backend)
+  flax_fn = tp.jax_fn(name)
+  params_t, state_t = tp.template(cfg)
+  rand_p, rand_s = tp.random_variables(params_t, state_t, seed=99)
+  weight_sets = {
+      'random': (params, state, MEAN, STD),
+      'trained': (tp.transplant(trained.params, params_t, rand_p),
+                  tp.transplant(trained.model_state, state_t, rand_s),
+                  trained.mean, trained.std)}
+  for kind, (p, s, mean, std) in weight_sets.items():
+    net = tp.twin(cfg, p, s)
+    session = tp.onnx_session(cfg, p, s, tmp_path / f'{name}_{kind}.onnx')
+    for h, w in tp.SIZES:
+      n = 2 if kind == 'random' and h * w < 256 * 256 else 1
+      seed = h + w if kind == 'random' else h * w
+      x = tp.grey_images(n, h, w, mean, std, seed=seed)
+      _assert_parity(flax_fn, net, session, p, s, x, f'{kind} {name} {h}x{w}',
+                     both_classes=kind == 'random')
 
 
 # --------------------------------------------------------------------------- round trips

@@ -7,6 +7,8 @@ arguments: both test files compile the same programs, which the persistent compi
 cache set by conftest.py then serves once per variant and shape.
 """
 
+import functools
+
 import numpy as np
 
 VARIANTS = {
@@ -58,6 +60,15 @@ def random_variables(params_t, state_t, seed):
           jax.tree_util.tree_map_with_path(draw, state_t))
 
 
+def transplant(trained_tree, template_tree, random_tree):
+  """The trained values where the variant has the same path and shape, else random."""
+  if not isinstance(template_tree, dict):
+    ok = trained_tree is not None and np.shape(trained_tree) == template_tree.shape
+    return np.asarray(trained_tree) if ok else random_tree
+  return {k: transplant(trained_tree.get(k) if isinstance(trained_tree, dict) else None,
+                        template_tree[k], random_tree[k]) for k in template_tree}
+
+
 def grey_images(n, h, w, mean, std, seed):
   """Normalised (n, h, w, 1) float32 frames that look like the data: clutter, a few small
   bright blobs."""
@@ -103,6 +114,13 @@ class Jax:
       except Exception:  # pylint: disable=broad-except  # an XLA without the option
         self.fast = None
     return np.asarray(self.plain(params, state, x))
+
+
+@functools.lru_cache(maxsize=None)
+def jax_fn(name):
+  """:class:`Jax` of variant ``name``, one per process: traced once per input shape for
+  every weight set the tests give it."""
+  return Jax(config(name))
 
 
 def twin(cfg, params, state):
