@@ -116,7 +116,7 @@ def test_side_heads_pair_with_the_loss_alphas_coarsest_first(default_vars):
 @pytest.mark.parametrize('hw', [(32, 32), (64, 96), (256, 256), (512, 512)])
 def test_output_shapes(name, hw):
   m = model_lib.LimiNet(**VARIANTS[name])
-  variables = jax.eval_shape(lambda: model_lib.init(m, jax.random.PRNGKey(0)))
+  variables = model_lib.variable_shapes(m)  # traced once per variant
   x = jax.ShapeDtypeStruct((2, *hw, 1), jnp.float32)
   out = jax.eval_shape(lambda v, x: m.apply(v, x, train=False), variables, x)
   assert out.shape == (2, *hw, 1)
@@ -135,7 +135,7 @@ def test_jit_grad_finite_on_all_background_and_all_target(name):
   m = model_lib.LimiNet(**VARIANTS[name], depthwise=impl)
   # Random He-scaled weights of the variant's shapes (BatchNorm statistics included):
   # shapes traced, nothing compiled but the loss and its gradient.
-  shapes = jax.eval_shape(lambda: model_lib.init(m, jax.random.PRNGKey(1)))
+  shapes = model_lib.variable_shapes(m)
   params, state = twin_parity.random_variables(
       shapes['params'], {k: v for k, v in shapes.items() if k != 'params'}, seed=1)
   x = jax.random.normal(jax.random.PRNGKey(2), (2, 64, 96, 1))
