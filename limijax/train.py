@@ -123,8 +123,10 @@ def make_optimizer(config, steps_per_epoch: int):
 def _optimizer(values: tuple, steps_per_epoch: int):
   config = ml_collections.ConfigDict(dict(zip(_SCHEDULE_KEYS, values)))
   schedule = make_schedule(config, steps_per_epoch)
-  # On one flat vector of all parameters (optax.flatten): the same arithmetic, element
-  # for element, as on the tree, with a tenth of the operations to trace and compile.
+  # On one flat vector of all parameters (optax.flatten): the same update formula per
+  # element as on the tree, as one set of operations instead of one per parameter array
+  # (134 in the default model); the training step's HLO shrinks by a third. XLA fuses the
+  # gradients into the flattening, so results differ from the tree form in the last bits.
   return optax.flatten(optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8,
                                    weight_decay=config.weight_decay)), schedule
 

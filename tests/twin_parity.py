@@ -2,9 +2,8 @@
 variants, random variables, and the three ways to run one set of weights (JAX, the
 PyTorch twin, onnxruntime).
 
-The JAX side is one jitted function per variant and input shape, the weights being
-arguments: both test files compile the same programs, which the persistent compilation
-cache set by conftest.py then serves once per variant and shape.
+The JAX side is one jitted function per variant (:func:`jax_fn`), the weights being
+arguments: it is traced and compiled once per input shape for every weight set.
 """
 
 import functools
