@@ -97,7 +97,8 @@ def _define_flags() -> None:
                     'a CPU).')
   flags.DEFINE_integer('pipeline_batches', 10, 'Batches drawn per pipeline repetition.')
   flags.DEFINE_integer('workers', 0, 'Also time the pipeline with this many Grain worker '
-                       'processes (0: in process only, as training runs by default).')
+                       'processes, and run the loop row with them (0: in process only, '
+                       'as training runs by default).')
 
 
 # --------------------------------------------------------------------------- timing
@@ -498,8 +499,10 @@ def _loop_num_images(batch_size: int, steps_per_epoch: int) -> int:
     n += 1
 
 
-def loop_config(base, batch_size: int, size: int, loop_steps: int, data_dir: str):
+def loop_config(base, batch_size: int, size: int, loop_steps: int, data_dir: str,
+                num_workers: int = 0):
   c = copy.deepcopy(base)
+  c.data.num_workers = num_workers
   spe = min(loop_steps, c.log_every_steps)  # every log window inside one epoch
   c.data.name = 'synthetic'
   c.data.data_dir = data_dir
@@ -539,7 +542,7 @@ def bench_loop(b: Backends, s: dict, train_row: dict | None, peak: float) -> dic
   from limijax import train  # pylint: disable=g-import-not-at-top
   bs, size, steps = s['batch_size'], s['image_size'], s['loop_steps']
   tmp = tempfile.mkdtemp(prefix='limijax-bench-loop-', dir=b.tmp)
-  config = loop_config(b.config, bs, size, steps, os.path.join(tmp, 'data'))
+  config = loop_config(b.config, bs, size, steps, os.path.join(tmp, 'data'), s['workers'])
   workdir = os.path.join(tmp, 'run')
   t0 = _now()
   train.train_and_evaluate(config, workdir, progress=True)

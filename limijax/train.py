@@ -29,10 +29,12 @@ import functools
 import json
 import math
 import os
+import queue
 import shutil
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -231,11 +233,12 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
   Each image is normalised and padded at the bottom/right to a multiple of `multiple`,
   exactly as one image at a time would be (padding changes GroupNorm's statistics, so
   images are never padded further to share a shape). Images of the same padded shape are
-  stacked into batches of `batch_size`; the few left over of a shape run one at a time.
-  The model therefore compiles at most twice per distinct padded shape (batch
-  `batch_size` and batch 1), and once for a shape with fewer images than that. While the
-  device works on one batch the host scores the one before; per-image sums are added in
-  the images' order, so the result equals scoring the images one at a time.
+  stacked into batches of `batch_size`. The few left over of a shape fill a last batch
+  with copies of its last image, whose outputs are dropped (every sample is normalised on
+  its own, so they change nothing); a shape with fewer images than `batch_size` runs one
+  image at a time. The model therefore compiles once per distinct padded shape. While
+  the device works on one batch the host scores the one before; per-image sums are added
+  in the images' order, so the result equals scoring the images one at a time.
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
@@ -244,12 +247,16 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
   next_index = [0]
   buckets: dict[tuple, list[dict]] = {}
   in_flight: list[tuple[list[dict], Any]] = []
+  batched: set[tuple] = set()  # shapes whose batch program exists
 
   def dispatch(group: list[dict]) -> None:
-    if len(group) == batch_size:
-      images = np.concatenate([ex['image'] for ex in group])
+    shape = group[0]['image'].shape
+    if len(group) == batch_size or shape in batched:
+      batched.add(shape)
+      fill = [group[-1]['image']] * (batch_size - len(group))
+      images = np.concatenate([ex['image'] for ex in group] + fill)
       in_flight.append((group, predict(params, model_state, images)))
-    else:  # the rest of a shape goes one by one: no compilation for each odd count
+    else:  # a shape with few images goes one by one: no compilation for each odd count
       for ex in group:
         in_flight.append(([ex], predict(params, model_state, ex['image'])))
 
@@ -695,6 +702,54 @@ def _restore_step(runs: list[_Run]) -> int | None:
   return step
 
 
+class Prefetch:
+  """The next ``n`` results of ``draw()``, made by a background thread at most ``depth``
+  ahead of the consumer (:meth:`get`, in order).
+
+  The training loop draws each epoch's batches this way: reading, augmenting and moving a
+  batch to the device overlaps the device's work and the host's dispatch of the step
+  before it, instead of following them. The thread stops after ``n``, so once an epoch's
+  batches are consumed the input iterators stand exactly where drawing them one by one
+  would leave them (their state goes into the checkpoint). An exception in ``draw`` is
+  raised by the :meth:`get` that would have returned its result.
+  """
+
+  def __init__(self, draw: Callable[[], Any], n: int, depth: int = 2):
+    self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._work, args=(draw, n), daemon=True,
+                                    name='limijax-prefetch')
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _work(self, draw, n: int) -> None:
+    try:
+      for _ in range(n):
+        if not self._put((draw(), None)):
+          return
+    except BaseException as e:  # pylint: disable=broad-except  (re-raised by get)
+      self._put((None, e))
+
+  def get(self):
+    item, error = self._queue.get()
+    if error is not None:
+      raise error
+    return item
+
+  def close(self) -> None:
+    """Stops the thread (after the batch it is drawing) and waits for it."""
+    self._stop.set()
+    self._thread.join()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        progress: bool = True) -> dict:
   """Train (or resume) the run in ``workdir``, then test the best checkpoint.
@@ -870,26 +925,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     write_best(r.workdir, s['params'], s['model_state'],
                {'epoch': epoch, 'mean': mean, 'std': std, 'val': val}, step, manager=r.best)
 
+  def draw():
+    """The next batch of every seed, placed on the device(s)."""
+    if num_seeds == 1:
+      batch = next(runs[0].train_iter)
+    else:
+      batch = _stack([next(r.train_iter) for r in runs])
+    if shardings is not None:
+      return distributed.put(batch, shardings[1])
+    return jax.device_put(batch, here)
+
   for epoch in range(start_epoch, config.num_epochs):
     bar = tqdm(range(steps_per_epoch), desc=f'epoch {epoch + 1}/{config.num_epochs}',
                leave=False, disable=not progress, dynamic_ncols=True)
     start_window()
-    for i in bar:
-      t_data = time.time()
-      if num_seeds == 1:
-        batch = next(runs[0].train_iter)
-      else:
-        batch = _stack([next(r.train_iter) for r in runs])
-      data_wait[0] += time.time() - t_data
-      if shardings is not None:
-        batch = distributed.put(batch, shardings[1])
-      state, out = train_step(state, batch)
-      step += 1
-      pending.append((step, out))
-      # A log line at step 1, every log_every_steps and at the end of each epoch (so a
-      # window never spans a checkpoint and a resumed run logs the same means).
-      if step == 1 or step % config.log_every_steps == 0 or i == steps_per_epoch - 1:
-        flush(epoch + 1, bar)
+    feed = Prefetch(draw, steps_per_epoch)
+    try:
+      for i in bar:
+        t_data = time.time()
+        batch = feed.get()
+        data_wait[0] += time.time() - t_data
+        state, out = train_step(state, batch)
+        step += 1
+        pending.append((step, out))
+        # A log line at step 1, every log_every_steps and at the end of each epoch (so a
+        # window never spans a checkpoint and a resumed run logs the same means).
+        if step == 1 or step % config.log_every_steps == 0 or i == steps_per_epoch - 1:
+          flush(epoch + 1, bar)
+    finally:
+      feed.close()
     bar.close()
     done = epoch + 1
     evaluate_now = done % config.eval_every_epochs == 0 or done == config.num_epochs

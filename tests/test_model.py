@@ -241,6 +241,24 @@ def test_initialisation_at_xla_level_1_draws_the_default_levels_values(monkeypat
     np.testing.assert_array_equal(a, b)
 
 
+def test_on_an_accelerator_the_initialisation_runs_on_the_host_cpu(monkeypatch):
+  # On a CPU backend init() runs where everything runs; with an accelerator as the
+  # default backend it draws on the host's CPU (level-1 compile) and hands the variables
+  # to the process's first device, with the CPU's values bit for bit.
+  m = model_lib.LimiNet()
+  monkeypatch.setenv('XLA_FLAGS', '')  # both at level 1 (the suite may set level 0)
+  assert model_lib.init_device() is None
+  here = model_lib.init(m, jax.random.PRNGKey(5))
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert model_lib.init_device() == jax.local_devices(backend='cpu')[0]
+  assert model_lib.init_compiler_options() == {'xla_backend_optimization_level': 1}
+  placed = model_lib.init(m, jax.random.PRNGKey(5))
+  assert jax.tree.structure(placed) == jax.tree.structure(here)
+  for a, b in zip(jax.tree.leaves(placed), jax.tree.leaves(here)):
+    assert a.sharding.device_set == {jax.local_devices()[0]}
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_eca_kernel_size_follows_eca_net():
   # t = int(|log2(C)/2 + 1/2|), odd-ified: C=8 -> 2 -> 3; C=32 -> 3; C=256 -> 4 -> 5; C=1024 -> 5
   assert [model_lib.eca_kernel_size(c) for c in (8, 16, 32, 256, 1024)] == [3, 3, 3, 5, 5]
