@@ -158,6 +158,29 @@ def test_batchnorm_ablation_trains_its_statistics_and_load_run_restores_them(dat
 
 
 # --------------------------------------------------------------------------- data_wait
+def test_prefetch_draws_exactly_n_in_order_and_raises_what_drawing_raised():
+  source = iter(range(100))
+  feed = train.Prefetch(lambda: next(source), 5)
+  assert [feed.get() for _ in range(5)] == [0, 1, 2, 3, 4]
+  feed.close()
+  assert next(source) == 5  # the thread drew the epoch's batches and not one more
+
+  def broken():
+    raise UserError('cannot read images/x.png')
+  feed = train.Prefetch(broken, 3)
+  with pytest.raises(UserError, match='images/x.png'):
+    feed.get()
+  feed.close()
+
+  # Closed early (an exception in the training step): the thread stops, having drawn
+  # at most the batch in hand plus its queue.
+  drawn = []
+  feed = train.Prefetch(lambda: drawn.append(len(drawn)) or drawn[-1], 1000, depth=2)
+  assert feed.get() == 0
+  feed.close()
+  assert 1 <= len(drawn) <= 4
+
+
 def test_train_lines_say_how_much_of_the_time_went_waiting_for_batches(
     data_dir, tmp_path, monkeypatch, tiny_run):
   from limijax import input_pipeline  # pylint: disable=g-import-not-at-top
