@@ -17,7 +17,8 @@ weights, converted exactly to the PyTorch twin and exported to ONNX), it times
   reuses the ``train`` row's measurement when that row is timed too.
 * ``loop``: the real training loop, :func:`limijax.train.train_and_evaluate` on a
   synthetic dataset at ``--image_size`` with ITS, for ``--loop_steps`` steps (input
-  pipeline, data loading and host bookkeeping included). The time per step is read from
+  pipeline, data loading and host bookkeeping included; ``--workers`` Grain worker
+  processes when set, as a GPU run would use). The time per step is read from
   the loop's own ``steps_per_s`` log lines, which leave out compilation (the first
   window), validation and checkpoints. Row ``train_loop_b10_256``.
 * ``infer``: the inference function (no side heads) at batch 1 (256 and 512) and batch

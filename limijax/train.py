@@ -20,6 +20,11 @@ iteration) chained with ``CosineAnnealingLR`` (``T_max = cosine_period_epochs``,
 ``eta_min = min_learning_rate``, stepped per epoch), reproduced step by step by
 :func:`lr_table`. Like PyTorch's scheduler, the cosine does not stop after its period:
 the rate falls to ``eta_min`` at epoch 10, climbs back to ``lr`` at epoch 20, and so on.
+
+The loop keeps the device busy: the step counter lives on the host, the step's outputs
+are fetched (and checked for NaN) once per ``log_every_steps`` window, and each epoch's
+batches are drawn and put on the device by a background thread (:class:`Prefetch`) while
+earlier steps run.
 """
 
 from __future__ import annotations
