@@ -245,14 +245,21 @@ def test_on_an_accelerator_the_initialisation_runs_on_the_host_cpu(monkeypatch):
   # On a CPU backend init() runs where everything runs; with an accelerator as the
   # default backend it draws on the host's CPU (level-1 compile) and hands the variables
   # to the process's first device, with the CPU's values bit for bit.
-  m = model_lib.LimiNet()
-  monkeypatch.setenv('XLA_FLAGS', '')  # both at level 1 (the suite may set level 0)
+  m = model_lib.LimiNet(channels=(4, 4, 4, 4), stem_channels=2)  # small: quick to compile
   assert model_lib.init_device() is None
-  here = model_lib.init(m, jax.random.PRNGKey(5))
+  options = model_lib.init_compiler_options()
+  cpu = jax.local_devices(backend='cpu')[0]
+  # The CPU's draws with the inputs on the CPU device (one compilation serves both calls).
+  here = model_lib._jitted_init(m, tuple((options or {}).items()))(  # pylint: disable=protected-access
+      jax.device_put(jax.random.PRNGKey(5), cpu), jax.device_put(jnp.zeros((1, 32, 32, 1)), cpu))
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert model_lib.init_device() == jax.local_devices(backend='cpu')[0]
-  assert model_lib.init_compiler_options() == {'xla_backend_optimization_level': 1}
+  assert model_lib.init_device() == cpu
+  assert model_lib.init_compiler_options() == options  # the CPU's compile either way
+  asked = []
+  real_init_device = model_lib.init_device
+  monkeypatch.setattr(model_lib, 'init_device', lambda: asked.append(1) or real_init_device())
   placed = model_lib.init(m, jax.random.PRNGKey(5))
+  assert asked  # init() asked where to draw
   assert jax.tree.structure(placed) == jax.tree.structure(here)
   for a, b in zip(jax.tree.leaves(placed), jax.tree.leaves(here)):
     assert a.sharding.device_set == {jax.local_devices()[0]}
