@@ -893,6 +893,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   pending = []  # (step, device outputs) since the last log line
   window_start = [time.time()]
   data_wait = [0.0]  # seconds of the window spent waiting for the input pipeline
+  warned_slow_input = [False]
+  if jax.default_backend() != 'cpu' and config.data.num_workers == 0:
+    logging.warning('data.num_workers is 0 on a %s: the input pipeline runs in the training '
+                    'process and will not keep up with the device; set '
+                    '--config.data.num_workers to about three quarters of the %d cores',
+                    jax.default_backend().upper(), os.cpu_count() or 1)
 
   def start_window() -> None:  # a logging window: its rate and data_wait start afresh
     window_start[0] = time.time()
@@ -906,6 +912,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     steps = [s for s, _ in pending]
     elapsed = max(time.time() - window_start[0], 1e-9)
     rate = len(pending) / elapsed
+    wait = min(data_wait[0] / elapsed, 1.0)
     for k, r in enumerate(runs):
       if r.diverged:
         continue
@@ -922,11 +929,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       # data_wait: the share of the window spent waiting for batches (near 1: the input
       # pipeline is the bottleneck; near 0: the step is).
       r.log.write('train', step=steps[-1], epoch=epoch, wall_time=round(time.time() - r.wall0, 3),
-                  steps_per_s=round(rate, 3), data_wait=round(min(data_wait[0] / elapsed, 1.0), 3),
-                  **means)
+                  steps_per_s=round(rate, 3), data_wait=round(wait, 3), **means)
       if k == 0:
         bar.set_postfix(loss=f'{means["loss"]:.4f}', lr=f'{means["lr"]:.2e}',
                         steps_per_s=f'{rate:.2f}')
+    if wait > 0.5 and steps[0] > 1 and len(steps) > 1 and not warned_slow_input[0]:
+      warned_slow_input[0] = True  # once a run: the line says what to change
+      logging.warning('the training loop waited for its input pipeline %.0f%% of steps '
+                      '%d-%d: with data.num_workers=%d the pipeline is the bottleneck; more '
+                      'worker processes (this machine has %d cores) would train faster',
+                      100 * wait, steps[0], steps[-1], config.data.num_workers,
+                      os.cpu_count() or 1)
     pending.clear()
     start_window()
 

@@ -4,6 +4,7 @@ CLI runs: tests/test_cli_runs.py. All use the tiny run of tests/tiny_run.py.
 """
 
 import json
+import logging
 import math
 import os
 import time
@@ -182,7 +183,7 @@ def test_prefetch_draws_exactly_n_in_order_and_raises_what_drawing_raised():
 
 
 def test_train_lines_say_how_much_of_the_time_went_waiting_for_batches(
-    data_dir, tmp_path, monkeypatch, tiny_run):
+    data_dir, tmp_path, monkeypatch, tiny_run, caplog):
   from limijax import input_pipeline  # pylint: disable=g-import-not-at-top
   def records(workdir):
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
@@ -191,25 +192,29 @@ def test_train_lines_say_how_much_of_the_time_went_waiting_for_batches(
   # The shared run: every train line has it, a fraction.
   shared = records(tiny_run[0])
   assert all(0.0 <= r['data_wait'] <= 1.0 for r in shared)
-  # An input pipeline that takes 150 ms a sample (600 ms a batch of 4) against a step of
+  # An input pipeline that takes 200 ms a sample (800 ms a batch of 4) against a step of
   # tens of ms: the loop waits for batches much of the time. Epoch 1 hides it (the
   # buffers of Grain's thread and of the loop's prefetch thread fill while the step
   # compiles). In epoch 2 (steps 9-16) at most Grain's 4 buffered batches are ready;
   # steps 9 and 10 use two and make a window of their own (a line every 10 steps), so the
-  # last window, steps 11-16, waits for 4 of its 6 batches: about 2.4 s against well
+  # last window, steps 11-16, waits for 4 of its 6 batches: about 3.2 s against well
   # under a second of steps.
   real_map = input_pipeline.Normalise.map
 
   def slow_map(self, element):
-    time.sleep(0.15)
+    time.sleep(0.2)
     return real_map(self, element)
 
   monkeypatch.setattr(input_pipeline.Normalise, 'map', slow_map)
   workdir = str(tmp_path / 'slow')
-  train.train_and_evaluate(synthetic_config(data_dir, num_epochs=2, tophat_baseline=False),
-                           workdir, progress=False)
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(synthetic_config(data_dir, num_epochs=2, tophat_baseline=False),
+                             workdir, progress=False)
   last = [r for r in records(workdir) if r['epoch'] == 2][-1]
   assert last['step'] == 16 and last['data_wait'] > 0.3, last
+  # ... and one warning line says what to change (once a run, however many windows wait).
+  slow = [r.getMessage() for r in caplog.records if 'waited for its input pipeline' in r.getMessage()]
+  assert len(slow) == 1 and 'data.num_workers=0' in slow[0], slow
   assert max(r['data_wait'] for r in shared if r['step'] > 1) < 0.3  # a fast pipeline
 
 
