@@ -11,9 +11,9 @@ every config, so config.json shows that each of them is accepted and recorded.
 The training runs here compile with XLA's own settings (conftest.py lowers the
 optimisation level for the rest of the suite), so that bit-exact resume is shown for the
 code users run. Their depthwise convolutions take the grouped form, as the tiny run of
-tests/tiny_run.py does: at XLA's default level it compiles the training step in a third
-of the CPU's default (shift) form's time; the forms' equality, outputs and gradients, is
-tested in tests/test_depthwise.py.
+tests/tiny_run.py does: at XLA's default level the training step traces and compiles in
+about half the time of the CPU's default (shift) form (15 against 27 s on a 2-core CPU);
+the forms' equality, outputs and gradients, is tested in tests/test_depthwise.py.
 """
 
 import hashlib
