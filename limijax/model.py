@@ -52,9 +52,12 @@ Decisions the paper leaves open (also listed in the README's model section):
   independent segment heads", Fig. 4c): a SegmentHead of its own on each FastUp output
   and on the final HUF feature, training only (not computed, and not counted, at
   inference).
-* Initialisation: He-normal (fan-in) for convolutions, zeros for biases, ones/zeros for
-  norms; the final logit biases start at ``-log((1 - 0.01) / 0.01)`` so that the first
-  predictions are background (targets are a tiny share of pixels).
+* Initialisation: He-normal (fan-in; truncated at two standard deviations, as flax's) for
+  convolutions, a normal of std ``1 / sqrt(k)`` for the ECA kernels, zeros for biases,
+  ones/zeros for norms; the final logit biases start at ``-log((1 - 0.01) / 0.01)`` so
+  that the first predictions are background (targets are a tiny share of pixels).
+  :func:`init` draws the random values once, as one vector per distribution, and cuts it
+  into the kernels in the order the model creates them.
 * Input channels: 1 (grey); NUDT-SIRST's RGB files carry a grey image and are read as one.
 
 Ablations (paper Table 2): ``stem='dsconv_bn'`` (w/o SES: depthwise-separable conv
@@ -89,7 +92,77 @@ STRIDE = 16  # total downsampling of the encoder: input sides must be multiples 
 GN_EPS = 1e-5  # PyTorch's GroupNorm default, so exported weights compute the same thing
 PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
 
-conv_init = nn.initializers.he_normal()
+_TRUNCATED_STD = .87962566103423978  # std of a unit normal truncated to [-2, 2]
+
+
+class _Draws:
+  """The random values of one :func:`init`: one truncated-normal and one normal vector,
+  drawn once and cut into the kernels in the order the model creates them.
+
+  One draw per parameter (flax's own ``init``: a key folded in per parameter name, then a
+  draw) makes a program of a few thousand operations that XLA:CPU compiled in 7 s at
+  backend optimisation level 0 and 13 s at level 1 on a 2-core CPU; two draws cut into
+  pieces compile in 1 and 3 s. While the model creates its variables, each random
+  initialiser hands back a placeholder and records what it wants; :meth:`fill` then
+  draws once and puts each piece where its placeholder is."""
+
+  def __init__(self):
+    self.wanted = []  # (placeholder, kind, scale)
+
+  def placeholder(self, kind: str, shape, scale: float) -> jax.Array:
+    value = jnp.zeros(shape, jnp.float32)
+    self.wanted.append((value, kind, scale))
+    return value
+
+  def fill(self, rng: jax.Array, variables: dict) -> dict:
+    pieces = {}
+    for kind, key in zip(('truncated', 'normal'), jax.random.split(rng)):
+      wanted = [(v, scale) for v, k, scale in self.wanted if k == kind]
+      total = sum(v.size for v, _ in wanted)
+      if kind == 'truncated':
+        flat = jax.random.truncated_normal(key, -2.0, 2.0, (total,), jnp.float32)
+      else:
+        flat = jax.random.normal(key, (total,), jnp.float32)
+      start = 0
+      for v, scale in wanted:
+        piece = lax.slice_in_dim(flat, start, start + v.size).reshape(v.shape)
+        pieces[id(v)] = piece * scale
+        start += v.size
+    filled = jax.tree.map(lambda leaf: pieces.pop(id(leaf), leaf), variables)
+    if pieces or len({id(v) for v, _, _ in self.wanted}) != len(self.wanted):
+      # a placeholder missing from the variables, or two the same: never leave zeros
+      raise RuntimeError('the random initial values could not all be placed')
+    return filled
+
+
+_INIT_DRAWS = contextvars.ContextVar('limijax_init_draws', default=None)
+
+
+def _fan_in(shape) -> int:
+  """A convolution kernel's (kh, kw, C_in, C_out) fan-in: kh * kw * C_in (flax's)."""
+  return math.prod(shape[:-1])
+
+
+def conv_init(key, shape, dtype=jnp.float32):
+  """He-normal (fan-in): a normal truncated to two standard deviations, scaled to the
+  variance 2 / fan-in (flax's ``he_normal``). Inside :func:`init` the values are the
+  next piece of its one truncated-normal draw (float32); elsewhere (flax's
+  ``Module.init``) flax's ``he_normal`` draws them from ``key``."""
+  draws = _INIT_DRAWS.get()
+  if draws is None:
+    return nn.initializers.he_normal()(key, shape, dtype)
+  return draws.placeholder('truncated', shape, math.sqrt(2.0 / _fan_in(shape)) / _TRUNCATED_STD)
+
+
+def normal_init(stddev: float):
+  """A normal with standard deviation ``stddev`` (flax's ``normal``); inside :func:`init`
+  the next piece of its one normal draw (float32)."""
+  def init_fn(key, shape, dtype=jnp.float32):
+    draws = _INIT_DRAWS.get()
+    if draws is None:
+      return nn.initializers.normal(stddev)(key, shape, dtype)
+    return draws.placeholder('normal', shape, stddev)
+  return init_fn
 
 
 class InputShapeError(UserError, ValueError):
@@ -304,7 +377,7 @@ class ECA(nn.Module):
   def __call__(self, x):
     c = x.shape[-1]
     k = eca_kernel_size(c)
-    kernel = self.param('kernel', nn.initializers.normal(1.0 / math.sqrt(k)), (k,), jnp.float32)
+    kernel = self.param('kernel', normal_init(1.0 / math.sqrt(k)), (k,), jnp.float32)
     y = x.mean(axis=(1, 2))  # (N, C)
     yp = jnp.pad(y, ((0, 0), (k // 2, k // 2)))
     # 1-D cross-correlation over the channel axis, as torch Conv1d(1, 1, k, padding=k//2).
@@ -553,6 +626,12 @@ def from_config(config, in_channels: int | None = None) -> LimiNet:
 def init(model: LimiNet, rng: jax.Array, size: int = 32) -> dict:
   """Initialise all variables (side heads included) on a (1, size, size, C) input.
 
+  The random values come from two draws of the whole length (:class:`_Draws`), sliced
+  into the kernels in the order the model creates them: He-normal (fan-in) for every
+  convolution, a normal for the ECA kernels. Flax's own ``model.init(key, x)`` creates
+  the same variables with the same distributions but draws each one from its own key, so
+  its values differ; training starts from these.
+
   The draws always run on the host's CPU (:func:`init_device`) and the variables are then
   placed on this process's first device: every backend starts from the CPU's values, and
   a GPU skips compiling (and autotuning the convolutions of) a program it would run once,
@@ -583,10 +662,9 @@ def init_device():
 
 def init_compiler_options() -> dict | None:
   """XLA options for compiling the initialisation on a CPU: backend optimisation level 1,
-  unless ``XLA_FLAGS`` sets a level. The program is a hundred random draws: at level 1 it
-  compiles in half the time of the default level (8 against 16 s on a 2-core CPU) and
-  gives the same values, bit for bit (tests/test_model.py); level 0 rounds the normal
-  draws differently."""
+  unless ``XLA_FLAGS`` sets a level. At level 1 the program compiles faster than at the
+  default level and gives the same values, bit for bit (tests/test_model.py); level 0
+  rounds the normal draws differently."""
   on_cpu = jax.default_backend() == 'cpu' or init_device() is not None
   if not on_cpu or 'xla_backend_optimization_level' in os.environ.get('XLA_FLAGS', ''):
     return None
@@ -598,8 +676,16 @@ def _jitted_init(model: LimiNet, compiler_options: tuple = ()):
   # jitted: op-by-op initialisation of this many small ops is slower than compiling it;
   # one jitted function per model (modules are hashable) and options ((key, value)
   # pairs), so it is traced once per process
-  return jax.jit(lambda rng, x: model.init(rng, x, train=True),
-                 compiler_options=dict(compiler_options) or None)
+  def draw(rng, x):
+    draws = _Draws()
+    token = _INIT_DRAWS.set(draws)
+    try:
+      variables = model.init(rng, x, train=True)
+    finally:
+      _INIT_DRAWS.reset(token)
+    return draws.fill(rng, variables)
+
+  return jax.jit(draw, compiler_options=dict(compiler_options) or None)
 
 
 @functools.lru_cache(maxsize=64)
@@ -607,7 +693,8 @@ def variable_shapes(model: LimiNet) -> dict:
   """The shapes and dtypes of ``init(model, key)``'s variables (``jax.ShapeDtypeStruct``
   leaves), traced once per model and process: restoring a checkpoint needs them, and
   tracing the model costs a second or two."""
-  return jax.eval_shape(lambda: init(model, jax.random.PRNGKey(0)))
+  x = jax.ShapeDtypeStruct((1, 32, 32, model.in_channels), jnp.float32)
+  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=True), x)
 
 
 def count_params(params) -> int:

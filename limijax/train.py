@@ -217,7 +217,12 @@ def _make_train_step(model, tx, schedule, frozen_loss: tuple, num_seeds: int, se
   step = jax.vmap(matmul_train_step)
   if seed_mesh is not None:
     from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-    step = jax.shard_map(step, mesh=seed_mesh, in_specs=P('data'), out_specs=P('data'))
+    # check_vma off: the seeds use no collective, and the shift form's hand-written
+    # gradients (limijax.depthwise) do not carry shard_map's per-device type annotations
+    # (with the check on, its kernel gradients are refused as "manual axis types do not
+    # match").
+    step = jax.shard_map(step, mesh=seed_mesh, in_specs=P('data'), out_specs=P('data'),
+                         check_vma=False)
   return jax.jit(step, donate_argnums=0)
 
 

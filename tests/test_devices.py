@@ -1,5 +1,5 @@
 """Several seeds on two CPU devices (a subprocess with --xla_force_host_platform_device_count=2)
-equal the seeds trained on one (the shared run of seeds 1 and 2, tests/conftest.py): whole
+equal the seeds trained on one (the shared run of seeds 0 and 1, tests/conftest.py): whole
 seeds per device. The batch split over two devices is compared with one device in
 tests/test_multihost.py, whose reference run it is."""
 
@@ -9,14 +9,14 @@ import subprocess
 
 import pytest
 
-from tiny_run import REPO, main_args
+from tiny_run import REPO, TWO_SEEDS, main_args
 
 
 def test_two_devices_train_the_seeds_one_device_trains(data_dir, tmp_path, tiny_two_seeds):
   env = dict(os.environ)
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2')
   workdir = tmp_path / 'w'
-  proc = subprocess.run(main_args(str(workdir), data_dir, num_seeds=2), capture_output=True,
+  proc = subprocess.run(main_args(str(workdir), data_dir, **TWO_SEEDS), capture_output=True,
                         text=True, timeout=600, cwd=REPO, env=env)
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert 'data parallel over 2 devices (seeds split)' in proc.stderr

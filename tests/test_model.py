@@ -216,12 +216,15 @@ def test_bad_input_shape_names_expected_shape(shape):
     jax.eval_shape(lambda v: m.apply(v, jnp.zeros(shape), train=False), variables)
 
 
+SMALL = {'channels': (4, 4, 4, 4), 'stem_channels': 2}  # quick to compile
+
+
 def test_initialisation_at_xla_level_1_draws_the_default_levels_values(monkeypatch):
-  # init() compiles at backend optimisation level 1 on a CPU (half the compile time)
-  # unless XLA_FLAGS sets a level. Every initialiser the model uses (he-normal kernels,
-  # ECA's normal, GroupNorm's ones and zeros, the logit's constant bias) must then draw
-  # exactly what XLA's default level 3 draws; level 0 does not (normal draws round
-  # differently), so the test can fail.
+  # init() compiles at backend optimisation level 1 on a CPU (faster) unless XLA_FLAGS
+  # sets a level. Every initialiser the model uses (he-normal kernels, ECA's normal,
+  # GroupNorm's ones and zeros, the logit's constant bias) must then draw exactly what
+  # XLA's default level 3 draws; level 0 does not (normal draws round differently), so
+  # the test can fail.
   monkeypatch.setenv('XLA_FLAGS', '')
   assert model_lib.init_compiler_options() == {'xla_backend_optimization_level': 1}
   # inside another trace (the train state's shapes) the options are left out: a nested
@@ -231,24 +234,70 @@ def test_initialisation_at_xla_level_1_draws_the_default_levels_values(monkeypat
   monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
   assert model_lib.init_compiler_options() is None
 
-  class StemAndHead(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      return model_lib.SegmentHead(name='head')(model_lib.SES(name='ses')(x))
-
-  m, x = StemAndHead(), jnp.zeros((1, 16, 16, 1))
-  drawn = {level: jax.jit(m.init, compiler_options={'xla_backend_optimization_level': level})(
+  m, x = model_lib.LimiNet(**SMALL), jnp.zeros((1, 32, 32, 1))
+  drawn = {level: model_lib._jitted_init(m, (('xla_backend_optimization_level', level),))(  # pylint: disable=protected-access
       jax.random.PRNGKey(7), x) for level in (1, 3)}
   assert jax.tree.structure(drawn[1]) == jax.tree.structure(drawn[3])
   for a, b in zip(jax.tree.leaves(drawn[1]), jax.tree.leaves(drawn[3])):
     np.testing.assert_array_equal(a, b)
 
 
+def test_init_cuts_two_draws_into_the_kernels_in_creation_order():
+  # init() draws one truncated normal and one normal vector and cuts them into the
+  # random variables in the order the model creates them; the other variables are flax's
+  # constants. Rebuilt here by hand from the two draws.
+  m = model_lib.LimiNet(**SMALL)
+  key = jax.random.PRNGKey(11)
+  got = model_lib.init(m, key)
+  assert jax.tree.structure(got) == jax.tree.structure(model_lib.variable_shapes(m))
+  # The creation order begins with SES's kernels: the 3x3 conv 1 -> 2, then the
+  # separable conv's depthwise 3x3 and pointwise 2 -> 4; then SES's ECA kernel.
+  he = [('ses', 'conv', 'kernel'), ('ses', 'dsconv', 'dw', 'kernel'),
+        ('ses', 'dsconv', 'pw', 'kernel')]
+  k_trunc, k_normal = jax.random.split(key)
+  flat = np.asarray(jax.random.truncated_normal(k_trunc, -2.0, 2.0, (1000,)))
+  start = 0
+  for path in he:
+    leaf = got['params']
+    for name in path:
+      leaf = leaf[name]
+    fan_in = int(np.prod(leaf.shape[:-1]))  # kh * kw * C_in
+    std = np.sqrt(2 / fan_in) / .87962566103423978  # truncation at 2 std shrinks it
+    expected = flat[start:start + leaf.size].reshape(leaf.shape) * std
+    np.testing.assert_allclose(leaf, expected, rtol=1e-6, atol=1e-7)
+    start += leaf.size
+  k = model_lib.eca_kernel_size(4)
+  normal = np.asarray(jax.random.normal(k_normal, (k,)))
+  np.testing.assert_allclose(got['params']['ses']['eca']['kernel'], normal / np.sqrt(k),
+                             rtol=1e-6)
+  # The constants; every kernel a piece of its own.
+  pieces = []
+  for path, a in jax.tree_util.tree_flatten_with_path(got)[0]:
+    name, a = jax.tree_util.keystr(path), np.asarray(a)
+    if name.endswith("['kernel']"):
+      pieces.append(a.ravel())
+    elif name.endswith("['logit']['bias']"):  # the prior: background first
+      np.testing.assert_array_equal(a, np.float32(model_lib.PRIOR_BIAS), err_msg=name)
+    elif name.endswith("['scale']"):  # GroupNorm
+      np.testing.assert_array_equal(a, 1.0, err_msg=name)
+    else:  # biases of the norms and the 1x1 convolutions
+      assert name.endswith("['bias']"), name
+      np.testing.assert_array_equal(a, 0.0, err_msg=name)
+  values = np.concatenate(pieces)
+  assert len(np.unique(values)) == len(values)  # no piece used twice
+  # He-normal's spread: all kernels of fan-in 4 (the 1x1 from 4 channels) together
+  pw = np.concatenate([np.asarray(a).ravel() for path, a in
+                       jax.tree_util.tree_flatten_with_path(got['params'])[0]
+                       if a.ndim == 4 and a.shape[:3] == (1, 1, 4)])
+  assert len(pw) > 300 and np.std(pw) == pytest.approx(np.sqrt(2 / 4), rel=0.15)
+  assert np.abs(pw).max() <= 2 * np.sqrt(2 / 4) / .87962566103423978 + 1e-6
+
+
 def test_on_an_accelerator_the_initialisation_runs_on_the_host_cpu(monkeypatch):
   # On a CPU backend init() runs where everything runs; with an accelerator as the
   # default backend it draws on the host's CPU (level-1 compile) and hands the variables
   # to the process's first device, with the CPU's values bit for bit.
-  m = model_lib.LimiNet(channels=(4, 4, 4, 4), stem_channels=2)  # small: quick to compile
+  m = model_lib.LimiNet(**SMALL)
   assert model_lib.init_device() is None
   options = model_lib.init_compiler_options()
   cpu = jax.local_devices(backend='cpu')[0]

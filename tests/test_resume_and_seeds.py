@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from limijax import train
-from tiny_run import kill_when, main_args, synthetic_config
+from tiny_run import TWO_SEEDS, kill_when, main_args, synthetic_config
 
 
 # --------------------------------------------------------------------------- resume
@@ -102,23 +102,27 @@ def test_resume_when_killed_between_the_best_and_latest_saves_then_during_the_fi
 # --------------------------------------------------------------------------- num_seeds
 @pytest.fixture
 def two_seeds(tiny_two_seeds):
-  """seeds 1 and 2 in one process (seed 1 is reference_run's seed)."""
+  """seeds 0 and 1 in one process (seed 1 is reference_run's seed)."""
   return tiny_two_seeds
 
 
 def test_num_seeds_gives_each_seed_its_single_run(data_dir, tmp_path, two_seeds, reference_run):
   workdir, results = two_seeds
-  assert [r['seed'] for r in results['runs']] == [1, 2] and not results['diverged']
-  assert sorted(os.listdir(workdir)) == ['config.json', 'seed_1', 'seed_2']
-  single2 = train.train_and_evaluate(synthetic_config(data_dir, seed=2), str(tmp_path / 's2'),
+  assert [r['seed'] for r in results['runs']] == [0, 1] and not results['diverged']
+  assert sorted(os.listdir(workdir)) == ['config.json', 'seed_0', 'seed_1']
+  single0 = train.train_and_evaluate(synthetic_config(data_dir, seed=0), str(tmp_path / 's0'),
                                      progress=False)
-  # vmap batches the same arithmetic; metrics equal to 1e-3, the same best epochs.
-  for run, single in zip(results['runs'], (reference_run[1], single2)):
+  # The same arithmetic rounded differently (vmapped, the shift depthwise form of
+  # TWO_SEEDS and 1x1 convolutions as matrix products, against the single runs' grouped
+  # form): metrics equal to 1e-2, false alarms to two pixels, the same best epochs.
+  for run, single in zip(results['runs'], (single0, reference_run[1])):
     assert run['workdir'] == os.path.join(workdir, f'seed_{run["seed"]}')
     assert run['best_epoch'] == single['best_epoch']
     for split in ('val', 'test'):
-      for key in ('miou', 'niou', 'pd', 'fa_e6'):
-        assert run[split][key] == pytest.approx(single[split][key], abs=1e-3), (split, key)
+      for key in ('miou', 'niou', 'pd'):
+        assert run[split][key] == pytest.approx(single[split][key], abs=1e-2), (split, key)
+      pixels = [m[split]['num_false_alarm_pixels'] for m in (run, single)]
+      assert abs(pixels[0] - pixels[1]) <= 2, (split, pixels)
     # Each seed's folder is a run of its own: its config is the single run's.
     with open(os.path.join(run['workdir'], 'config.json')) as f:
       stored = json.load(f)
@@ -137,7 +141,7 @@ def test_num_seeds_a_diverged_seed_stops_alone(data_dir, tmp_path, monkeypatch, 
 
     def poisoned(state, batch):
       new, out = step_fn(state, batch)
-      if int(new['step'][1]) == 10:  # seed 2's weights blow up in epoch 2
+      if int(new['step'][1]) == 10:  # seed 1's weights blow up in epoch 2
         new['params'] = jax.tree.map(lambda p: p.at[1].multiply(np.float32('nan')),
                                      new['params'])
       return new, out
@@ -146,13 +150,13 @@ def test_num_seeds_a_diverged_seed_stops_alone(data_dir, tmp_path, monkeypatch, 
 
   monkeypatch.setattr(train, 'make_train_step', make_train_step)
   workdir = str(tmp_path / 'w')
-  results = train.train_and_evaluate(synthetic_config(data_dir, num_seeds=2), workdir,
+  results = train.train_and_evaluate(synthetic_config(data_dir, **TWO_SEEDS), workdir,
                                      progress=False)
-  assert [r['seed'] for r in results['runs']] == [1]
-  assert 'step 11' in results['diverged'][2] and 'step 8' in results['diverged'][2]
-  assert not os.path.exists(os.path.join(workdir, 'seed_2', 'results.json'))
-  assert train._managers(os.path.join(workdir, 'seed_2'))[0].all_steps() == [8]
-  # Seed 1 went on as if alone.
+  assert [r['seed'] for r in results['runs']] == [0]
+  assert 'step 11' in results['diverged'][1] and 'step 8' in results['diverged'][1]
+  assert not os.path.exists(os.path.join(workdir, 'seed_1', 'results.json'))
+  assert train._managers(os.path.join(workdir, 'seed_1'))[0].all_steps() == [8]
+  # Seed 0 went on as if alone.
   assert results['runs'][0]['test'] == two_seeds[1]['runs'][0]['test']
 
 
@@ -162,13 +166,13 @@ def test_num_seeds_killed_by_sigkill_then_between_two_seeds_saves_resumes_identi
   killed between the two seeds' saves of epoch 2 and started again: the run ends as the
   uninterrupted one."""
   workdir = str(tmp_path / 'w')
-  args = main_args(workdir, data_dir, num_seeds=2)
+  args = main_args(workdir, data_dir, **TWO_SEEDS)
   # The same config as two_seeds, given as flags.
   with open(os.path.join(two_seeds[0], 'config.json')) as f:
-    assert train._config_dict(synthetic_config(data_dir, num_seeds=2)) == json.load(f)
-  log_path = os.path.join(workdir, 'seed_2', 'metrics.jsonl')
+    assert train._config_dict(synthetic_config(data_dir, **TWO_SEEDS)) == json.load(f)
+  log_path = os.path.join(workdir, 'seed_1', 'metrics.jsonl')
 
-  def seed_2_logged_step_10():  # step 10 is in epoch 2 (8 steps an epoch)
+  def seed_1_logged_step_10():  # step 10 is in epoch 2 (8 steps an epoch)
     try:
       with open(log_path) as f:
         return any(json.loads(l).get('step') == 10 for l in f if l.endswith('\n'))
@@ -176,27 +180,27 @@ def test_num_seeds_killed_by_sigkill_then_between_two_seeds_saves_resumes_identi
       return False
 
   # 1. SIGKILL mid-epoch 2: epoch 1's checkpoint, no results.
-  code = kill_when(args, seed_2_logged_step_10, tmp_path / 'killed.log')
+  code = kill_when(args, seed_1_logged_step_10, tmp_path / 'killed.log')
   assert code == -signal.SIGKILL
-  for seed in (1, 2):
+  for seed in (0, 1):
     seed_dir = os.path.join(workdir, f'seed_{seed}')
     assert train._managers(seed_dir)[0].all_steps() == [8]
     assert not os.path.exists(os.path.join(seed_dir, 'results.json'))
 
-  # 2. Resumed, and killed once seed 1 has saved epoch 2 and seed 2 has not.
+  # 2. Resumed, and killed once seed 0 has saved epoch 2 and seed 1 has not.
   real_managers = _kill_at_latest_save(
-      monkeypatch, lambda w, step, best: w.endswith('seed_2') and step == 16)
+      monkeypatch, lambda w, step, best: w.endswith('seed_1') and step == 16)
   with pytest.raises(_Killed):
-    train.train_and_evaluate(synthetic_config(data_dir, num_seeds=2), workdir, progress=False)
-  assert real_managers(os.path.join(workdir, 'seed_1'))[0].all_steps() == [8, 16]
-  assert real_managers(os.path.join(workdir, 'seed_2'))[0].all_steps() == [8]
+    train.train_and_evaluate(synthetic_config(data_dir, **TWO_SEEDS), workdir, progress=False)
+  assert real_managers(os.path.join(workdir, 'seed_0'))[0].all_steps() == [8, 16]
+  assert real_managers(os.path.join(workdir, 'seed_1'))[0].all_steps() == [8]
   monkeypatch.setattr(train, '_managers', real_managers)
 
   # 3. Resumed again, to the end.
-  results = train.train_and_evaluate(synthetic_config(data_dir, num_seeds=2), workdir,
+  results = train.train_and_evaluate(synthetic_config(data_dir, **TWO_SEEDS), workdir,
                                      progress=False)
   ref_dir, ref = two_seeds
-  assert [r['seed'] for r in results['runs']] == [1, 2]
+  assert [r['seed'] for r in results['runs']] == [0, 1]
   for expected in ref['runs']:
     seed_dir = os.path.join(workdir, f'seed_{expected["seed"]}')
     _assert_same_run(seed_dir, (expected['workdir'], expected))
