@@ -116,9 +116,9 @@ def tiny_two_seeds(shared_dir, data_dir):
 # xdist's reordering by test count), so that neither worker is left with a long file at
 # the end; the shared runs are built by tests/test_resume_and_seeds.py before
 # tests/test_export.py and tests/test_devices.py read them.
-_LONGEST_FIRST = ('test_cli_runs.py', 'test_resume_and_seeds.py', 'test_multihost.py',
-                  'test_train.py', 'test_export.py', 'test_devices.py', 'test_model.py',
-                  'test_depthwise.py', 'test_torch_twin.py', 'test_bench.py')
+_LONGEST_FIRST = ('test_cli_runs.py', 'test_resume_and_seeds.py', 'test_train.py',
+                  'test_export.py', 'test_devices.py', 'test_model.py', 'test_depthwise.py',
+                  'test_torch_twin.py', 'test_bench.py')
 
 
 def pytest_collection_modifyitems(items):
