@@ -564,7 +564,9 @@ def plot_curves(records: list[dict], path: str) -> None:
   ax2.set(title='validation', xlabel='epoch', ylim=(0, 1))
   if val:
     ax2.legend(loc='lower right')
-  fig.tight_layout()
+  # Fixed margins for this fixed figure: tight_layout measures every label first (a plot
+  # took 0.47 s with it, 0.31 s without, on a 2-core CPU).
+  fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.91, wspace=0.22)
   fig.savefig(path)
 
 
@@ -1011,7 +1013,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           r.meta.update(best_miou=val['miou'], best_epoch=done)
           save_best(r, k, done, val)
         if primary and time.time() - r.last_plot >= PLOT_EVERY_S:
-          # Drawing costs ~0.4 s: redrawn at most every PLOT_EVERY_S, and after the test.
+          # Drawing costs ~0.3 s: redrawn at most every PLOT_EVERY_S, and after the test.
           plot_curves(r.log.read(), os.path.join(r.workdir, 'curves.png'))
           r.last_plot = time.time()
       save_latest(r, k, done)
