@@ -626,9 +626,9 @@ def from_config(config, in_channels: int | None = None) -> LimiNet:
 def init(model: LimiNet, rng: jax.Array, size: int = 32) -> dict:
   """Initialise all variables (side heads included) on a (1, size, size, C) input.
 
-  The random values come from two draws of the whole length (:class:`_Draws`), sliced
-  into the kernels in the order the model creates them: He-normal (fan-in) for every
-  convolution, a normal for the ECA kernels. Flax's own ``model.init(key, x)`` creates
+  The random values come from two draws, one per distribution, each as long as the
+  kernels it feeds (:class:`_Draws`), cut into the kernels in the order the model creates
+  them: He-normal (fan-in) for every convolution, a normal for the ECA kernels. Flax's own ``model.init(key, x)`` creates
   the same variables with the same distributions but draws each one from its own key, so
   its values differ; training starts from these.
 

@@ -5,10 +5,9 @@ that resume covers its random draws too).
 The depthwise convolutions take their grouped form, which traces and compiles in about
 half the time of the CPU's default shift form on this model (the forms' equality is
 tested in tests/test_depthwise.py; the CLI runs of tests/test_cli_runs.py take it too).
-One run of it (seed 1) and one of seeds 0 and 1 together (:data:`TWO_SEEDS`) are trained once per
-test run
-and shared by every test file (the ``tiny_run`` and ``tiny_two_seeds`` fixtures of
-tests/conftest.py).
+One run of it (seed 1) and one of seeds 0 and 1 together (:data:`TWO_SEEDS`) are trained
+once per test run and shared by every test file (the ``tiny_run`` and ``tiny_two_seeds``
+fixtures of tests/conftest.py).
 """
 
 import pathlib
