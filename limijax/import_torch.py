@@ -78,10 +78,9 @@ def import_state_dict(path: str, config, workdir: str, mean: float | None = None
   train.claim_workdir(config, workdir)
   meta = {'epoch': 0, 'mean': mean, 'std': std, 'val': None,
           'imported_from': os.path.abspath(path)}
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  train.write_best(workdir, jax.tree.map(jnp.asarray, params),
-                   jax.tree.map(jnp.asarray, model_state), meta)
+  # device_put copies; jnp.asarray would compile a small program per leaf shape.
+  train.write_best(workdir, jax.device_put(params), jax.device_put(model_state), meta)
   return meta
 
 

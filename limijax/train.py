@@ -146,8 +146,16 @@ def init_state(model, tx, rng: jax.Array) -> dict:
   ``opt_state``; ``step``. Built from a ``jax.random`` key alone, so that several seeds
   can be vmapped, sharded or exported without changing its shape."""
   params, model_state = split_variables(model_lib.init(model, rng))
-  return {'params': params, 'model_state': model_state, 'opt_state': tx.init(params),
+  return {'params': params, 'model_state': model_state, 'opt_state': _opt_init(tx)(params),
           'step': jnp.zeros((), jnp.int32)}
+
+
+@functools.lru_cache(maxsize=16)
+def _opt_init(tx):
+  """``tx.init`` as one compiled program (the same zeros): run op by op, flattening the
+  parameters compiled one small program per parameter shape, about 0.3 s at every start
+  on a CPU."""
+  return jax.jit(tx.init)
 
 
 def abstract_state(model, tx) -> dict:
@@ -680,7 +688,10 @@ def _stack(trees):
   return jax.tree.map(lambda *xs: np.stack(xs), *trees)
 
 
-def _index(tree, k):
+@functools.partial(jax.jit, static_argnums=1)
+def _index(tree, k: int):
+  """Seed ``k``'s tree of a stacked one, as one compiled program (op by op, indexing
+  compiled one program per leaf shape)."""
   return jax.tree.map(lambda x: x[k], tree)
 
 

@@ -115,10 +115,12 @@ def tiny_two_seeds(shared_dir, data_dir):
 # The files that take longest go to the two workers first (pyproject.toml turns off
 # xdist's reordering by test count), so that neither worker is left with a long file at
 # the end; the shared runs are built by tests/test_resume_and_seeds.py before
-# tests/test_export.py and tests/test_devices.py read them.
+# tests/test_export.py and tests/test_devices.py read them. test_multihost.py (two
+# training processes, about 45 s) comes last of these, so that the short files fill the
+# end of both workers: left among them, it ended one worker 40 s after the other.
 _LONGEST_FIRST = ('test_cli_runs.py', 'test_resume_and_seeds.py', 'test_train.py',
                   'test_export.py', 'test_devices.py', 'test_model.py', 'test_depthwise.py',
-                  'test_torch_twin.py', 'test_bench.py')
+                  'test_torch_twin.py', 'test_bench.py', 'test_multihost.py')
 
 
 def pytest_collection_modifyitems(items):
