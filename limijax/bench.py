@@ -34,9 +34,12 @@ weights, converted exactly to the PyTorch twin and exported to ONNX), it times
   (compiling) pass; the twin and onnxruntime run the same per-image loop. Row
   ``eval_sizes10``, milliseconds per image.
 
-Times are medians of ``--repeats`` interleaved repetitions (for each repetition, each
-backend once) after two warm-up calls; the first call, compilation included, is reported
-apart. Every row also carries its counted FLOPs (2 per multiply-accumulate of every
+Times are medians over ``--repeats`` interleaved rounds after two warm-up calls: in each
+round every backend runs one burst, an untimed call and then :data:`BURST` timed calls
+back to back (a backend called right after another runs beside that library's still
+spinning threads: on a 2-core CPU, torch eager took 68 ms a call right after
+onnxruntime and 21 ms in a burst of its own). The first call, compilation included, is
+reported apart. Every row also carries its counted FLOPs (2 per multiply-accumulate of every
 convolution, as :mod:`limijax.summary` counts them; a training step counts 3x the forward
 pass with side heads) and the fraction of this machine's compute bound they reach
 (counted FLOPs / time / the measured rate of a large float32 matmul, the best of JAX and
@@ -78,6 +81,7 @@ BACKENDS = ('jax', 'torch_eager', 'torch_compile', 'onnxruntime')
 TORCH_BACKENDS = ('torch_eager', 'torch_compile')
 DEPTHWISE_FORMS = ('shift', 'grouped')
 EVAL_SIZES = 10  # distinct image sizes in the evaluated split
+BURST = 3  # timed calls in a row per backend and round (interleaved)
 
 
 def _define_flags() -> None:
@@ -86,7 +90,8 @@ def _define_flags() -> None:
   flags.DEFINE_bool('json', False, 'End the output with the results as one JSON line.')
   flags.DEFINE_list('only', None, f'Measure only these groups: {",".join(GROUPS)} '
                     '(default: all).')
-  flags.DEFINE_integer('repeats', 5, 'Timed interleaved repetitions per row (median).')
+  flags.DEFINE_integer('repeats', 5, 'Interleaved rounds per row; in each, every backend '
+                       f'makes {BURST} timed calls in a row (median of all).')
   flags.DEFINE_integer('loop_steps', None, 'Steps of the real training loop (default 30 '
                        'on a CPU, 300 on an accelerator).')
   flags.DEFINE_integer('batch_size', 10, 'Training batch size (the paper: 10).')
@@ -108,13 +113,18 @@ def _now() -> float:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, desc: str,
-                failed: dict[str, str] | None = None) -> tuple[dict, dict]:
+                failed: dict[str, str] | None = None, burst: int = BURST) -> tuple[dict, dict]:
   """Median milliseconds per call of each function and its first call in seconds.
 
   Each function is called twice to warm up (the first call, compilation included, is
-  timed on its own), then ``repeats`` times in turn with the others: for r in repeats,
-  for each function, one call. A function that raises during warm-up is dropped and its
-  reason stored in ``failed``.
+  timed on its own), then ``repeats`` rounds: in each round every function in turn runs
+  one burst, a call that is not timed followed by ``burst`` timed calls back to back.
+  Rounds interleave the backends, so that a machine that slows down or speeds up during
+  the measurement moves every backend alike. Bursts keep them apart: each backend's
+  thread pools wake and spin on their own, and a call made right after another library's
+  (whose threads still spin on the same cores, or whose pools went to sleep) measures
+  that library as much as this one; the untimed call absorbs the change-over. A function
+  that raises during warm-up is dropped and its reason stored in ``failed``.
   """
   first, live = {}, {}
   bar = tqdm(fns.items(), desc=f'{desc} (first calls)', leave=False)
@@ -135,9 +145,11 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, desc: str,
   times = {name: [] for name in live}
   for _ in tqdm(range(repeats), desc=desc, leave=False):
     for name, fn in live.items():
-      t0 = _now()
-      fn()
-      times[name].append(_now() - t0)
+      fn()  # the change-over call, not timed
+      for _ in range(burst):
+        t0 = _now()
+        fn()
+        times[name].append(_now() - t0)
   return {n: 1e3 * statistics.median(t) for n, t in times.items()}, first
 
 
