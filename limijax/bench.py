@@ -415,7 +415,9 @@ def bench_depthwise(b: Backends, s: dict, peak: float, train_row: dict | None) -
   auto = depthwise.resolve_impl('auto')
   fns = {impl: jax_train_step(b.config, impl, batch) for impl in DEPTHWISE_FORMS
          if not (train_row is not None and impl == auto)}
-  ms, first = interleaved(fns, s['repeats'], f'train_b{bs}_{size} depthwise forms')
+  # JAX alone (no other library's threads to wait out), and the grouped form takes seconds
+  # a step on a CPU: one timed call per round after the change-over call.
+  ms, first = interleaved(fns, s['repeats'], f'train_b{bs}_{size} depthwise forms', burst=1)
   flops = train_flops(_model(b.config), _variables(b), bs, size)
   rows = []
   for impl in DEPTHWISE_FORMS:

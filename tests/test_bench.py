@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -196,3 +197,23 @@ def test_cli_bad_flag_is_one_line_exit_2():
       'error: --only: unknown group fast; expected some of '
       'train,depthwise,loop,infer,pipeline,eval')
   assert 'Traceback' not in proc.stderr
+
+
+def test_interleaved_times_bursts_after_an_untimed_change_over_call():
+  calls = []
+
+  def make(name):
+    def fn():
+      # Slow right after the other backend (its threads "still spinning"), fast in a row.
+      slow = calls and calls[-1] != name
+      calls.append(name)
+      time.sleep(0.05 if slow else 0.001)
+    return fn
+
+  ms, first = bench.interleaved({'a': make('a'), 'b': make('b')}, repeats=2, desc='t',
+                                burst=3)
+  # Two warm-up calls each, then per round each backend's burst: 1 untimed + 3 timed.
+  assert calls == ['a', 'a', 'b', 'b'] + (['a'] * 4 + ['b'] * 4) * 2
+  assert set(first) == {'a', 'b'} and first['b'] >= 0.05  # b's first call followed a's
+  for name in ('a', 'b'):  # the slow change-over calls are not among the timed ones
+    assert 1.0 <= ms[name] < 25.0, ms
