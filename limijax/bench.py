@@ -36,10 +36,10 @@ weights, converted exactly to the PyTorch twin and exported to ONNX), it times
 
 Times are medians over ``--repeats`` interleaved rounds after two warm-up calls: in each
 round every backend runs one burst, an untimed call and then :data:`BURST` timed calls
-back to back (a backend called right after another runs beside that library's still
-spinning threads: on a 2-core CPU, torch eager took 68 ms a call right after
-onnxruntime and 21 ms in a burst of its own). The first call, compilation included, is
-reported apart. Every row also carries its counted FLOPs (2 per multiply-accumulate of every
+back to back (one in the JAX-only depthwise-forms row). A backend called right after
+another runs beside that library's still spinning threads: on a 2-core CPU, torch eager
+took 68 ms a call right after onnxruntime and 21 ms in a burst of its own. The first
+call, compilation included, is reported apart. Every row also carries its counted FLOPs (2 per multiply-accumulate of every
 convolution, as :mod:`limijax.summary` counts them; a training step counts 3x the forward
 pass with side heads) and the fraction of this machine's compute bound they reach
 (counted FLOPs / time / the measured rate of a large float32 matmul, the best of JAX and
