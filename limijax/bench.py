@@ -39,9 +39,9 @@ round every backend runs one burst, an untimed call and then :data:`BURST` timed
 back to back (one in the JAX-only depthwise-forms row). A backend called right after
 another runs beside that library's still spinning threads: on a 2-core CPU, torch eager
 took 68 ms a call right after onnxruntime and 21 ms in a burst of its own. The first
-call, compilation included, is reported apart. Every row also carries its counted FLOPs (2 per multiply-accumulate of every
-convolution, as :mod:`limijax.summary` counts them; a training step counts 3x the forward
-pass with side heads) and the fraction of this machine's compute bound they reach
+call, compilation included, is reported apart. Every row also carries its counted FLOPs
+(2 per multiply-accumulate of every convolution, as :mod:`limijax.summary` counts them; a
+training step counts 3x the forward pass with side heads) and the fraction of this machine's compute bound they reach
 (counted FLOPs / time / the measured rate of a large float32 matmul, the best of JAX and
 torch). Names carry the sizes measured: smaller ``--image_size`` or ``--batch_size`` give
 other names (``train_b2_32``).
