@@ -41,10 +41,10 @@ another runs beside that library's still spinning threads: on a 2-core CPU, torc
 took 68 ms a call right after onnxruntime and 21 ms in a burst of its own. The first
 call, compilation included, is reported apart. Every row also carries its counted FLOPs
 (2 per multiply-accumulate of every convolution, as :mod:`limijax.summary` counts them; a
-training step counts 3x the forward pass with side heads) and the fraction of this machine's compute bound they reach
-(counted FLOPs / time / the measured rate of a large float32 matmul, the best of JAX and
-torch). Names carry the sizes measured: smaller ``--image_size`` or ``--batch_size`` give
-other names (``train_b2_32``).
+training step counts 3x the forward pass with side heads) and the fraction of this
+machine's compute bound they reach (counted FLOPs / time / the measured rate of a large
+float32 matmul, the best of JAX and torch). Names carry the sizes measured: smaller
+``--image_size`` or ``--batch_size`` give other names (``train_b2_32``).
 
 Prints the machine (platform, CPU, cores, thread settings, XLA flags, versions, JAX
 backend and device, the depthwise form ``auto`` picks) and a table; with ``--json`` the

@@ -9,6 +9,7 @@ from flax import linen as flax_nn
 
 from limijax import depthwise
 from limijax import model as model_lib
+import twin_parity
 
 
 def close(a, b, tol=1e-5):
@@ -30,11 +31,6 @@ def kernel_grad_form(request, monkeypatch):
 def _rand(key, shape):
   # numpy's draws: jax.random, called op by op, compiles a program per shape.
   return jnp.asarray(np.random.default_rng(key).standard_normal(shape, np.float32))
-
-
-def _init(module, key, x):
-  """``module.init`` as one compiled program (op by op it compiles one per operation)."""
-  return jax.jit(module.init)(jax.random.PRNGKey(key), x)
 
 
 def _vjp(f, *args, ct_key):
@@ -223,7 +219,7 @@ def test_folded_fastup_equals_upsampling_then_convolving(factor, h, w, c, as_mat
 def test_folded_fastup_has_the_literal_forms_parameters():
   x = _rand(24, (1, 4, 4, 6))
   folded, literal = model_lib.FastUp(4, impl='shift'), model_lib.FastUp(4, impl='grouped')
-  vf, vl = _init(folded, 3, x), _init(literal, 3, x)
+  vf, vl = twin_parity.init_jitted(folded, 3, x), twin_parity.init_jitted(literal, 3, x)
   assert jax.tree.structure(vf) == jax.tree.structure(vl)
   for a, b in zip(jax.tree.leaves(vf), jax.tree.leaves(vl)):
     np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
@@ -239,7 +235,7 @@ def test_pointwise_conv_equals_flax_conv_in_values_parameters_and_gradients(shap
   ref = flax_nn.Conv(features, (1, 1), use_bias=use_bias, kernel_init=model_lib.conv_init,
                      bias_init=flax_nn.initializers.normal(1.0))
   ours = model_lib.Pointwise(features, use_bias, bias_init=flax_nn.initializers.normal(1.0))
-  v_ref, v_ours = _init(ref, 4, x), _init(ours, 4, x)
+  v_ref, v_ours = twin_parity.init_jitted(ref, 4, x), twin_parity.init_jitted(ours, 4, x)
   assert jax.tree.structure(v_ref) == jax.tree.structure(v_ours)
   for a, b in zip(jax.tree.leaves(v_ref), jax.tree.leaves(v_ours)):
     np.testing.assert_array_equal(a, b)
@@ -255,7 +251,7 @@ def test_dense_separable_conv_equals_depthwise_then_pointwise(k, c):
   x = _rand(32, (2, 9, 11, c))
   dense = model_lib.DSConv(6, kernel_size=k, impl='shift')
   literal = model_lib.DSConv(6, kernel_size=k, impl='grouped')
-  vd, vl = _init(dense, 5, x), _init(literal, 5, x)
+  vd, vl = twin_parity.init_jitted(dense, 5, x), twin_parity.init_jitted(literal, 5, x)
   assert jax.tree.structure(vd) == jax.tree.structure(vl)
   for a, b in zip(jax.tree.leaves(vd), jax.tree.leaves(vl)):
     np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
@@ -263,8 +259,8 @@ def test_dense_separable_conv_equals_depthwise_then_pointwise(k, c):
   # DENSE_SEPARABLE_MIN_CHANNELS the two steps
   assert 'custom_vjp' not in str(jax.make_jaxpr(dense.apply)(vl, x))
   few = x[..., :model_lib.DENSE_SEPARABLE_MIN_CHANNELS - 1]
-  assert 'custom_vjp' in str(jax.make_jaxpr(dense.apply)(_init(dense, 5, few),
-                                                         few))
+  few_vars = twin_parity.init_jitted(dense, 5, few)
+  assert 'custom_vjp' in str(jax.make_jaxpr(dense.apply)(few_vars, few))
   want_y, want_g = _vjp(literal.apply, vl, x, ct_key=33)
   got_y, got_g = _vjp(dense.apply, vl, x, ct_key=33)
   close(got_y, want_y)
@@ -306,12 +302,12 @@ def test_one_channel_conv_equals_flax_conv_in_values_parameters_and_gradients():
   x = _rand(19, (2, 10, 14, 1))
   ref = flax_nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                      kernel_init=model_lib.conv_init)
-  ref_vars = _init(ref, 3, x)
+  ref_vars = twin_parity.init_jitted(ref, 3, x)
   ref_loss = lambda v: jnp.sum(jnp.sin(ref.apply(v, x)))
   want_y, want_g = ref.apply(ref_vars, x), jax.grad(ref_loss)(ref_vars)
   for impl in ('shift', 'grouped'):
     m = model_lib.OneChannelConv(4, impl=impl)
-    variables = _init(m, 3, x)
+    variables = twin_parity.init_jitted(m, 3, x)
     np.testing.assert_array_equal(variables['params']['kernel'], ref_vars['params']['kernel'])
     close(m.apply(variables, x), want_y)
     g = jax.grad(lambda v: jnp.sum(jnp.sin(m.apply(v, x))))(variables)

@@ -21,11 +21,6 @@ VARIANTS = {
 }
 
 
-def _init(module, key, x):
-  """``module.init`` as one compiled program (op by op it compiles one per operation)."""
-  return jax.jit(module.init)(jax.random.PRNGKey(key), x)
-
-
 @pytest.fixture(scope='module')
 def default_vars():
   return model_lib.init(model_lib.LimiNet(), jax.random.PRNGKey(0))
@@ -170,7 +165,7 @@ def test_group_norm_equals_flax_group_norm_bit_for_bit(channels):
   ours = model_lib.gn(channels)
   ref = nn.GroupNorm(num_groups=min(4, max(1, channels // 2)), epsilon=model_lib.GN_EPS)
   x = 3 * jax.random.normal(jax.random.PRNGKey(channels), (3, 8, 12, channels)) + 1
-  v, mine = _init(ref, 0, x), _init(ours, 0, x)
+  v, mine = twin_parity.init_jitted(ref, 0, x), twin_parity.init_jitted(ours, 0, x)
   assert jax.tree.structure(mine) == jax.tree.structure(v)  # names: params/scale, bias
   for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(v)):
     np.testing.assert_array_equal(a, b)
@@ -332,7 +327,7 @@ def test_eca_kernel_size_follows_eca_net():
 def test_eca_rescales_each_channel_by_a_sigmoid_gate():
   x = jnp.ones((1, 4, 4, 8)) * jnp.arange(1, 9, dtype=jnp.float32)
   eca = model_lib.ECA()
-  v = _init(eca, 0, x)
+  v = twin_parity.init_jitted(eca, 0, x)
   k = v['params']['kernel']
   y = eca.apply(v, x)
   means = np.arange(1, 9, dtype=np.float32)

@@ -1,6 +1,7 @@
-"""Helpers shared by tests/test_torch_twin.py and tests/test_export.py: the model
-variants, random variables, and the three ways to run one set of weights (JAX, the
-PyTorch twin, onnxruntime).
+"""Helpers shared by tests/test_torch_twin.py and tests/test_export.py (and, for model
+variables, tests/test_model.py and tests/test_depthwise.py): the model variants, random
+variables, and the three ways to run one set of weights (JAX, the PyTorch twin,
+onnxruntime).
 
 The JAX side is one jitted function per variant (:func:`jax_fn`), the weights being
 arguments: it is traced and compiled once per input shape for every weight set.
@@ -32,6 +33,13 @@ def config(name):
 def template(cfg):
   from limijax import torch_convert  # pylint: disable=g-import-not-at-top
   return torch_convert.flax_template(cfg)
+
+
+def init_jitted(module, key: int, x):
+  """flax's ``module.init`` with ``PRNGKey(key)`` as one compiled program (the same values;
+  run op by op it compiles one program per operation)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(module.init)(jax.random.PRNGKey(key), x)
 
 
 def random_variables(params_t, state_t, seed):
