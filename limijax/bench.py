@@ -35,11 +35,13 @@ weights, converted exactly to the PyTorch twin and exported to ONNX), it times
   ``eval_sizes10``, milliseconds per image.
 
 Times are medians over ``--repeats`` interleaved rounds after two warm-up calls: in each
-round every backend runs one burst, an untimed call and then :data:`BURST` timed calls
-back to back (one in the JAX-only depthwise-forms row). A backend called right after
-another runs beside that library's still spinning threads: on a 2-core CPU, torch eager
-took 68 ms a call right after onnxruntime and 21 ms in a burst of its own. The first
-call, compilation included, is reported apart. Every row also carries its counted FLOPs
+round every backend runs one burst, untimed calls for :data:`CHANGE_OVER_S` (at least
+one) and then :data:`BURST` timed calls back to back (one in the JAX-only
+depthwise-forms row). A backend's first calls after another library's, or after a
+pause, run slowly while its threads wake: on a 2-core CPU, JAX's inference at batch 1
+took 16-21 ms a call for the first few calls after torch's and 10.7 ms from then on;
+after 0.2 s of untimed calls every backend ran at its own steady rate, whichever ran
+before it. The first call, compilation included, is reported apart. Every row also carries its counted FLOPs
 (2 per multiply-accumulate of every convolution, as :mod:`limijax.summary` counts them; a
 training step counts 3x the forward pass with side heads) and the fraction of this
 machine's compute bound they reach (counted FLOPs / time / the measured rate of a large
@@ -82,6 +84,7 @@ TORCH_BACKENDS = ('torch_eager', 'torch_compile')
 DEPTHWISE_FORMS = ('shift', 'grouped')
 EVAL_SIZES = 10  # distinct image sizes in the evaluated split
 BURST = 3  # timed calls in a row per backend and round (interleaved)
+CHANGE_OVER_S = 0.2  # untimed calls before each burst, for at least this long
 
 
 def _define_flags() -> None:
@@ -113,18 +116,19 @@ def _now() -> float:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, desc: str,
-                failed: dict[str, str] | None = None, burst: int = BURST) -> tuple[dict, dict]:
+                failed: dict[str, str] | None = None, burst: int = BURST,
+                change_over_s: float = CHANGE_OVER_S) -> tuple[dict, dict]:
   """Median milliseconds per call of each function and its first call in seconds.
 
   Each function is called twice to warm up (the first call, compilation included, is
   timed on its own), then ``repeats`` rounds: in each round every function in turn runs
-  one burst, a call that is not timed followed by ``burst`` timed calls back to back.
-  Rounds interleave the backends, so that a machine that slows down or speeds up during
-  the measurement moves every backend alike. Bursts keep them apart: each backend's
-  thread pools wake and spin on their own, and a call made right after another library's
-  (whose threads still spin on the same cores, or whose pools went to sleep) measures
-  that library as much as this one; the untimed call absorbs the change-over. A function
-  that raises during warm-up is dropped and its reason stored in ``failed``.
+  one burst, untimed calls until ``change_over_s`` seconds have passed (at least one),
+  then ``burst`` timed calls back to back. Rounds interleave the backends, so that a
+  machine that slows down or speeds up during the measurement moves every backend alike.
+  Bursts keep them apart: a call made right after another library's (whose threads may
+  still spin on the same cores) or after a pause (while this library's threads wake)
+  measures the change-over as much as the work, and the untimed calls absorb it. A
+  function that raises during warm-up is dropped and its reason stored in ``failed``.
   """
   first, live = {}, {}
   bar = tqdm(fns.items(), desc=f'{desc} (first calls)', leave=False)
@@ -145,7 +149,10 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, desc: str,
   times = {name: [] for name in live}
   for _ in tqdm(range(repeats), desc=desc, leave=False):
     for name, fn in live.items():
-      fn()  # the change-over call, not timed
+      t0 = _now()
+      fn()  # the change-over, not timed
+      while _now() - t0 < change_over_s:
+        fn()
       for _ in range(burst):
         t0 = _now()
         fn()
@@ -271,6 +278,7 @@ def machine(b: Backends) -> dict:
        'depthwise_auto': depthwise.resolve_impl('auto'),
        'xla_flags': os.environ.get('XLA_FLAGS', ''),
        'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
+       'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
        'load_average': [round(x, 2) for x in os.getloadavg()] if hasattr(os, 'getloadavg') else None,
        'torch': None, 'torch_device': b.device, 'torch_threads': None,
        'torch_interop_threads': None, 'onnxruntime': None, 'onnxruntime_providers': None}
@@ -783,6 +791,8 @@ def format_table(r: dict) -> str:
            f'  torch {m["torch"] or "-"} on {m["torch_device"]}, {m["torch_threads"]} threads '
            f'({m["torch_interop_threads"]} inter-op); onnxruntime {m["onnxruntime"] or "-"} '
            f'{m["onnxruntime_providers"] or ""}; OMP_NUM_THREADS={m["omp_num_threads"]}',
+           f'  GLIBC_TUNABLES={m["glibc_tunables"]!r} (glibc.malloc.hugetlb=1: huge pages for '
+           'every backend\'s buffers)',
            f'  load average at the start: {m["load_average"]} (other work on the machine '
            'slows every figure)']
   p = r['peak']

@@ -25,8 +25,7 @@ Padding is always explicit, PyTorch style (``padding = k // 2``), because flax's
 
 The model's other convolution kernels live here too, each equal to its literal form
 (tests): :func:`pointwise_conv` (a 1x1 convolution whose kernel gradient is one matrix
-product), :func:`separable_conv_dense` (a depthwise-separable convolution as one dense
-convolution) and :func:`upsample_separable_conv` (FastUp's upsampling and convolutions
+product) and :func:`upsample_separable_conv` (FastUp's upsampling and convolutions
 folded into one convolution at the input resolution).
 """
 
@@ -318,22 +317,6 @@ def _pointwise_bwd(res, g):
 
 
 pointwise_conv.defvjp(_pointwise_fwd, _pointwise_bwd)
-
-
-def separable_conv_dense(x: jax.Array, dw_kernel: jax.Array,
-                         pw_kernel: jax.Array) -> jax.Array:
-  """``pointwise(depthwise(x))`` (stride 1, zero padding k // 2, no bias) as one dense
-  k x k convolution whose kernel is ``dw_kernel[a, b, 0, c] * pw_kernel[0, 0, c, f]``.
-  More multiplications than the two steps, but one pass over the image instead of two,
-  and a kernel gradient without k*k per-channel reductions."""
-  k, c, f = dw_kernel.shape[0], x.shape[-1], pw_kernel.shape[-1]
-  if dw_kernel.shape != (k, k, 1, c) or pw_kernel.shape != (1, 1, c, f) or k % 2 != 1:
-    raise ValueError(f'separable_conv_dense needs kernels (k, k, 1, {c}) with k odd and '
-                     f'(1, 1, {c}, F); got {dw_kernel.shape} and {pw_kernel.shape}')
-  dense = dw_kernel[:, :, 0, :, None] * pw_kernel[0, 0][None, None]
-  p = k // 2
-  return lax.conv_general_dilated(x, dense.astype(x.dtype), (1, 1), ((p, p), (p, p)),
-                                  dimension_numbers=_NHWC)
 
 
 # --------------------------------------------------------------------------- FastUp

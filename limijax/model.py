@@ -169,12 +169,38 @@ class InputShapeError(UserError, ValueError):
   """The input is not (N, H, W, C) with H, W multiples of 16 and the expected C."""
 
 
+def _lanes(c: int, size: int) -> int:
+  """The row length :func:`spatial_sums` reduces over: 16 (one AVX-512 vector of float32)
+  when ``c`` divides 16, ``c`` itself when it is a multiple of 16 or does not divide 16,
+  or when ``size`` (= h * w * c) is not a multiple of 16."""
+  return 16 if 16 % c == 0 and size % 16 == 0 else c
+
+
+def spatial_sums(x: jax.Array) -> jax.Array:
+  """``x.sum(axis=(1, 2))`` of NHWC ``x``: (N, C).
+
+  XLA:CPU reduces an NHWC tensor over H and W with a loop whose innermost dimension is
+  the few channels (4 to 32 in Limi-Net), which it barely vectorises: the GroupNorm
+  statistics of a (16, 256, 256, 8) tensor took 32 ms on a 2-core CPU. Read as rows of 16
+  values (channel ``i % C`` at position ``i``), the same sum is a reduction over rows of
+  whole vectors: 2.8 ms. The order of the additions differs, so the sums differ from a
+  plain ``sum`` in the last bits."""
+  n, h, w, c = x.shape
+  lanes = _lanes(c, h * w * c)
+  rows = lax.reduce_sum(x.reshape(n, h * w * c // lanes, lanes), (1,))
+  return lax.reduce_sum(rows.reshape(n, lanes // c, c), (1,))
+
+
 class GroupNorm(nn.Module):
-  """GroupNorm over (H, W, channels of a group) of NHWC input: ``flax.linen.GroupNorm``'s
-  parameters (``scale`` ones, ``bias`` zeros) and arithmetic, operation for operation
+  """GroupNorm over (H, W, channels of a group) of NHWC input with
+  ``flax.linen.GroupNorm``'s parameters (``scale`` ones, ``bias`` zeros) and arithmetic
   (statistics as E[x], E[x^2] - E[x]^2 clipped at 0; ``(x - mean) * (rsqrt(var + eps) *
-  scale) + bias``), so the same values bit for bit (tests/test_model.py); written out
-  because the general module takes about a third of the time of tracing the model."""
+  scale) + bias``). The sums over H and W are :func:`spatial_sums` (5-10x faster on a
+  CPU than flax's reduction), so values and gradients equal flax's to float rounding
+  (tests/test_model.py); written out also because the general module takes about a third
+  of the time of tracing the model. (A hand-written gradient with the same sums made the
+  training step slower on a CPU, 978 against 779 ms: XLA then copied the gradients into
+  other layouts.)"""
   num_groups: int
   epsilon: float = GN_EPS
 
@@ -184,10 +210,9 @@ class GroupNorm(nn.Module):
     g = self.num_groups
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
-    xg = x.reshape(n, h, w, g, c // g)
     count = h * w * (c // g)
-    mean = lax.reduce_sum(xg, (1, 2, 4)) / count
-    mean2 = lax.reduce_sum(lax.square(xg), (1, 2, 4)) / count
+    mean = lax.reduce_sum(spatial_sums(x).reshape(n, g, c // g), (2,)) / count
+    mean2 = lax.reduce_sum(spatial_sums(lax.square(x)).reshape(n, g, c // g), (2,)) / count
     var = jnp.maximum(0.0, mean2 - lax.square(mean))
     mean = jnp.repeat(mean, c // g, axis=-1)[:, None, None, :]
     var = jnp.repeat(var, c // g, axis=-1)[:, None, None, :]
@@ -334,20 +359,13 @@ def _separable_kernels(k: int, channels: int, features: int):
           _Kernel((1, 1, channels, features), name='pw')())
 
 
-# Separable convolutions with at least this many input channels run as one dense conv
-# under the shift form (measured on a 2-core CPU at batch 10, 256x256, forward and
-# backward: 20 -> 8 channels 192 -> 140 ms, 8 -> 8 87 -> 41 ms; 4 -> 8 gains nothing and
-# its forward is 3x slower dense).
-DENSE_SEPARABLE_MIN_CHANNELS = 8
-
-
 class DSConv(nn.Module):
   """Depthwise-separable convolution: depthwise k x k (stride s), then pointwise.
 
-  With the shift depthwise form (``auto``), stride 1, no bias and at least
-  :data:`DENSE_SEPARABLE_MIN_CHANNELS` input channels, both are computed as one dense
-  k x k convolution (:func:`limijax.depthwise.separable_conv_dense`); the parameters
-  are the same either way."""
+  Always the two steps. (Computing both as one dense k x k convolution, with the kernel
+  ``dw * pw``, was faster in the training step until XLA's buffers were given huge pages
+  (README, Speed); since then the two steps are faster on a 2-core CPU for every shape in
+  the model: 20 -> 8 channels at 256x256, batch 16, forward 31 against 73 ms.)"""
   features: int
   kernel_size: int = 3
   stride: int = 1
@@ -356,12 +374,7 @@ class DSConv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    c, k = x.shape[-1], self.kernel_size
-    if (self.stride == 1 and not self.use_bias and c >= DENSE_SEPARABLE_MIN_CHANNELS
-        and depthwise.resolve_impl(self.impl) == 'shift'
-        and _POINTWISE_FORM.get() == 'conv'):
-      return depthwise.separable_conv_dense(x, *_separable_kernels(k, c, self.features))
-    x = DepthwiseConv(k, self.stride, self.impl, name='dw')(x)
+    x = DepthwiseConv(self.kernel_size, self.stride, self.impl, name='dw')(x)
     return pointwise(self.features, self.use_bias, name='pw')(x)
 
 
@@ -378,7 +391,7 @@ class ECA(nn.Module):
     c = x.shape[-1]
     k = eca_kernel_size(c)
     kernel = self.param('kernel', normal_init(1.0 / math.sqrt(k)), (k,), jnp.float32)
-    y = x.mean(axis=(1, 2))  # (N, C)
+    y = spatial_sums(x) / (x.shape[1] * x.shape[2])  # (N, C): the global average pool
     yp = jnp.pad(y, ((0, 0), (k // 2, k // 2)))
     # 1-D cross-correlation over the channel axis, as torch Conv1d(1, 1, k, padding=k//2).
     z = sum(kernel[i] * yp[:, i:i + c] for i in range(k))

@@ -5,6 +5,7 @@ it lives in BENCHMARKS.md."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import limijax
 from limijax import bench
 from limijax import defaults
 from limijax import losses
@@ -159,10 +161,10 @@ def test_summary_names_what_the_issue_asks():
 
 # --------------------------------------------------------------------------- the command
 def test_cli_json_rows_on_small_inputs():
-  proc = subprocess.run(
-      [sys.executable, '-m', 'limijax.bench', '--json', '--only=infer,pipeline',
-       '--image_size=32', '--batch_size=2', '--repeats=1', '--no_torch_compile'],
-      capture_output=True, text=True, timeout=600)
+  command = [sys.executable, '-m', 'limijax.bench', '--json', '--only=infer,pipeline',
+             '--image_size=32', '--batch_size=2', '--repeats=1', '--no_torch_compile']
+  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   names = [r['name'] for r in out['rows']]
@@ -184,6 +186,11 @@ def test_cli_json_rows_on_small_inputs():
   assert pipe['images_per_s'] == pytest.approx(2 / (pipe['jax_ms'] / 1e3))
   assert pipe['over_train_step'] is None  # no training step was timed to compare with
   assert out['machine']['cpu_count'] >= 1 and out['machine']['depthwise_auto'] == 'shift'
+  # Started without the tunable, the command executed itself again with it, where glibc
+  # and the kernel offer huge pages (Linux, glibc >= 2.35).
+  with_huge_pages = limijax.huge_pages_environment(env, command) is not None
+  assert ('glibc.malloc.hugetlb=1' in (out['machine']['glibc_tunables'] or '')) == (
+      with_huge_pages)
   assert out['peak']['peak'] > 0 and out['settings']['only'] == ['infer', 'pipeline']
   assert 'infer_b1_32: JAX takes' in proc.stdout
   assert out['summary']['jax_over_best_torch']['infer_b1_64'] == by['infer_b1_64']['ratio']
@@ -211,9 +218,25 @@ def test_interleaved_times_bursts_after_an_untimed_change_over_call():
     return fn
 
   ms, first = bench.interleaved({'a': make('a'), 'b': make('b')}, repeats=2, desc='t',
-                                burst=3)
+                                burst=3, change_over_s=0.0)
   # Two warm-up calls each, then per round each backend's burst: 1 untimed + 3 timed.
   assert calls == ['a', 'a', 'b', 'b'] + (['a'] * 4 + ['b'] * 4) * 2
   assert set(first) == {'a', 'b'} and first['b'] >= 0.05  # b's first call followed a's
   for name in ('a', 'b'):  # the slow change-over calls are not among the timed ones
     assert 1.0 <= ms[name] < 25.0, ms
+
+
+def test_interleaved_change_over_lasts_change_over_s_before_the_timed_calls(monkeypatch):
+  calls, clock = [], [0.0]
+  monkeypatch.setattr(bench, '_now', lambda: clock[0])
+
+  def make(name):
+    def fn():  # each call takes a quarter of a second on the fake clock
+      calls.append(name)
+      clock[0] += 0.25
+    return fn
+
+  bench.interleaved({'a': make('a'), 'b': make('b')}, repeats=2, desc='t', burst=2,
+                    change_over_s=1.0)
+  # Two warm-up calls each; then per round and backend 4 untimed calls (1 s), 2 timed.
+  assert calls == ['a', 'a', 'b', 'b'] + (['a'] * 6 + ['b'] * 6) * 2

@@ -246,28 +246,6 @@ def test_pointwise_conv_equals_flax_conv_in_values_parameters_and_gradients(shap
     close(a, b)
 
 
-@pytest.mark.parametrize('k,c', [(3, 8), (3, 20), (5, 9)])
-def test_dense_separable_conv_equals_depthwise_then_pointwise(k, c):
-  x = _rand(32, (2, 9, 11, c))
-  dense = model_lib.DSConv(6, kernel_size=k, impl='shift')
-  literal = model_lib.DSConv(6, kernel_size=k, impl='grouped')
-  vd, vl = twin_parity.init_jitted(dense, 5, x), twin_parity.init_jitted(literal, 5, x)
-  assert jax.tree.structure(vd) == jax.tree.structure(vl)
-  for a, b in zip(jax.tree.leaves(vd), jax.tree.leaves(vl)):
-    np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
-  # the dense form is the one taken (no hand-written depthwise step), and below
-  # DENSE_SEPARABLE_MIN_CHANNELS the two steps
-  assert 'custom_vjp' not in str(jax.make_jaxpr(dense.apply)(vl, x))
-  few = x[..., :model_lib.DENSE_SEPARABLE_MIN_CHANNELS - 1]
-  few_vars = twin_parity.init_jitted(dense, 5, few)
-  assert 'custom_vjp' in str(jax.make_jaxpr(dense.apply)(few_vars, few))
-  want_y, want_g = _vjp(literal.apply, vl, x, ct_key=33)
-  got_y, got_g = _vjp(dense.apply, vl, x, ct_key=33)
-  close(got_y, want_y)
-  for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
-    close(a, b)
-
-
 def test_whole_model_same_for_every_impl():
   x = _rand(9, (2, 32, 48, 1))
   y = (jax.random.uniform(jax.random.PRNGKey(10), (2, 32, 48, 1)) > 0.9).astype(jnp.float32)

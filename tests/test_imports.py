@@ -8,6 +8,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import limijax
 
 PACKAGE = pathlib.Path(limijax.__file__).parent
@@ -17,6 +19,8 @@ COMMAND_FLAGS = ('root', 'workdir', 'config', 'input', 'out', 'json')
 _IMPORT_ALL = r'''
 import json, pkgutil, traceback
 from absl import flags
+import pytest
+
 import limijax
 before = set(flags.FLAGS)
 failed, names = {}, []
@@ -104,3 +108,41 @@ def test_tfds_builders_imports_alone():
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _fake_glibc(monkeypatch, tmp_path, version='glibc 2.36', thp='always [madvise] never'):
+  setting = tmp_path / 'enabled'
+  setting.write_text(thp + '\n')
+  monkeypatch.setattr(limijax, '_THP_SETTING', str(setting))
+  monkeypatch.setattr(limijax._sys, 'platform', 'linux')
+  monkeypatch.setattr(limijax._os, 'confstr', lambda name: version)
+
+
+def test_huge_pages_for_limijax_commands_only_added_once_and_kept_beside_other_tunables(
+    monkeypatch, tmp_path):
+  _fake_glibc(monkeypatch, tmp_path)
+  env = limijax.huge_pages_environment
+  command = ['python3', '-m', 'limijax.main', '--config=configs/synthetic.py']
+  assert env({'PATH': '/bin'}, command) == {'PATH': '/bin',
+                                            'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
+  assert env({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, command) == {
+      'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'}
+  assert env({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}, command) is None  # no loop
+  assert env({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, command) is None  # the user's
+  assert env({'LIMIJAX_HUGE_PAGES': '0'}, command) is None
+  with_options = ['python3', '-X', 'importtime', '-u', '-m', 'limijax.bench', '--json']
+  assert env({}, with_options) is not None
+  for not_ours in (['python3', '-c', 'import limijax'], ['python3', 'train.py', '-m', 'x'],
+                   ['python3', '-m', 'pytest'], ['python3'], ['python3', '-m']):
+    assert env({}, not_ours) is None, not_ours
+
+
+@pytest.mark.parametrize('version,thp,platform', [
+    ('glibc 2.34', 'always [madvise] never', 'linux'),  # no hugetlb tunable before 2.35
+    ('glibc 2.36', 'always madvise [never]', 'linux'),  # huge pages turned off
+    ('glibc 2.36', 'always [madvise] never', 'darwin')])
+def test_huge_pages_left_alone_where_glibc_or_the_kernel_cannot(monkeypatch, tmp_path,
+                                                                version, thp, platform):
+  _fake_glibc(monkeypatch, tmp_path, version, thp)
+  monkeypatch.setattr(limijax._sys, 'platform', platform)
+  assert limijax.huge_pages_environment({}, ['python3', '-m', 'limijax.main']) is None
