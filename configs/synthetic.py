@@ -15,7 +15,7 @@ What differs from the paper's settings, and why:
   at epochs 10, 30, 50, 70, 90, ...), so its 90th epoch runs at 6.1e-4, near the 5e-4
   floor. The paper's 300 epochs end near a crest instead (its 300th epoch runs at
   4.9e-3); there the best validation checkpoint, not the last epoch, is the one tested.
-  Test mIoU 0.590 after 50 epochs, 0.638 after 70, 0.654 after 90 (0.691 with today's
+  Test mIoU 0.590 after 50 epochs, 0.638 after 70, 0.654 after 90 (0.698 with today's
   arithmetic and initial values; README, Results).
 * ``data.its.enabled = False``: ITS paints bright, sharp-rimmed discs and polygons and
   calls them targets, while this dataset's clutter is made of exactly such shapes

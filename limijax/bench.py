@@ -627,7 +627,12 @@ def bench_eval(b: Backends, s: dict, peak: float, failed: dict) -> dict:
   source = eval_split(s['image_size'])
   mean, std = 90.0, 12.0
   model = _model(b.config)
-  predict = train.make_predict(model)
+
+  # Two jitted functions of their own (not train.make_predict's, which the inference rows
+  # share), so that each one's compilations are this row's alone.
+  @jax.jit
+  def predict(params, model_state, image):
+    return model.apply({'params': params, **model_state}, image, train=False)
 
   @jax.jit
   def predict_one(params, model_state, image):

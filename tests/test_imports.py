@@ -1,5 +1,6 @@
 """Every limijax module imports into one process, defines no command flags when imported,
-and the data modules import each other without a cycle."""
+and the data modules import each other without a cycle; a limijax command (and only a
+command) asks glibc for huge pages (the bench's CLI test sees it happen)."""
 
 import ast
 import json
