@@ -82,7 +82,8 @@ def huge_pages_environment(environ, argv) -> dict | None:
   except (AttributeError, OSError, ValueError):
     return None
   env = dict(environ)
-  env['GLIBC_TUNABLES'] = f'{tunables}:{HUGE_PAGES_TUNABLE}' if tunables else HUGE_PAGES_TUNABLE
+  env['GLIBC_TUNABLES'] = (f'{tunables}:{HUGE_PAGES_TUNABLE}' if tunables
+                           else HUGE_PAGES_TUNABLE)
   return env
 
 

@@ -38,21 +38,22 @@ Times are medians over ``--repeats`` interleaved rounds after two warm-up calls:
 round every backend runs one burst, untimed calls for :data:`CHANGE_OVER_S` (at least
 one) and then :data:`BURST` timed calls back to back (one in the JAX-only
 depthwise-forms row). A backend's first calls after another library's, or after a
-pause, run slowly while its threads wake: on a 2-core CPU, JAX's inference at batch 1
-took 16-21 ms a call for the first few calls after torch's and 10.7 ms from then on;
-after 0.2 s of untimed calls every backend ran at its own steady rate, whichever ran
-before it. The first call, compilation included, is reported apart. Every row also carries its counted FLOPs
-(2 per multiply-accumulate of every convolution, as :mod:`limijax.summary` counts them; a
-training step counts 3x the forward pass with side heads) and the fraction of this
+pause, run slowly (no thread spins meanwhile; the cause was not found): on a 2-core CPU,
+JAX's inference at batch 1 took 16-21 ms a call for the first few calls after torch's and
+10.7 ms from then on; after 0.2 s of untimed calls every backend ran at its own steady
+rate, whichever ran before it. The first call, compilation included, is reported apart.
+Every row also carries its counted FLOPs (2 per multiply-accumulate of every
+convolution, as :mod:`limijax.summary` counts them; a training step counts 3x the
+forward pass with side heads) and the fraction of this
 machine's compute bound they reach (counted FLOPs / time / the measured rate of a large
 float32 matmul, the best of JAX and torch). Names carry the sizes measured: smaller
 ``--image_size`` or ``--batch_size`` give other names (``train_b2_32``).
 
-Prints the machine (platform, CPU, cores, thread settings, XLA flags, versions, JAX
-backend and device, the depthwise form ``auto`` picks) and a table; with ``--json`` the
-last stdout line is one JSON object with ``rows``. torch and onnxruntime are optional:
-without them their columns are ``null`` and one line says why. Figures are in
-BENCHMARKS.md.
+Prints the machine (platform, CPU, cores, thread settings, XLA flags, glibc tunables,
+versions, JAX backend and device, the depthwise form ``auto`` picks) and a table; with
+``--json`` the last stdout line is one JSON object with ``rows``. torch and onnxruntime
+are optional: without them their columns are ``null`` and one line says why. Figures are
+in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -796,8 +797,8 @@ def format_table(r: dict) -> str:
            f'  torch {m["torch"] or "-"} on {m["torch_device"]}, {m["torch_threads"]} threads '
            f'({m["torch_interop_threads"]} inter-op); onnxruntime {m["onnxruntime"] or "-"} '
            f'{m["onnxruntime_providers"] or ""}; OMP_NUM_THREADS={m["omp_num_threads"]}',
-           f'  GLIBC_TUNABLES={m["glibc_tunables"]!r} (glibc.malloc.hugetlb=1: huge pages for '
-           'every backend\'s buffers)',
+           f'  GLIBC_TUNABLES={m["glibc_tunables"]!r} (glibc.malloc.hugetlb=1: huge '
+           'pages for every backend\'s buffers)',
            f'  load average at the start: {m["load_average"]} (other work on the machine '
            'slows every figure)']
   p = r['peak']

@@ -191,7 +191,8 @@ def test_spatial_sums_equal_the_plain_sum_over_height_and_width(shape):
   # per-channel reduction otherwise (20 channels; 3x5x8 = 120 values).
   x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
   got = jax.jit(model_lib.spatial_sums)(x)
-  np.testing.assert_allclose(got, x.astype(np.float64).sum(axis=(1, 2)), rtol=1e-5, atol=1e-5)
+  want = x.astype(np.float64).sum(axis=(1, 2))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_inference_does_not_use_side_heads(default_vars):
