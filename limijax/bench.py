@@ -44,9 +44,9 @@ JAX's inference at batch 1 took 16-21 ms a call for the first few calls after to
 rate, whichever ran before it. The first call, compilation included, is reported apart.
 Every row also carries its counted FLOPs (2 per multiply-accumulate of every
 convolution, as :mod:`limijax.summary` counts them; a training step counts 3x the
-forward pass with side heads) and the fraction of this
-machine's compute bound they reach (counted FLOPs / time / the measured rate of a large
-float32 matmul, the best of JAX and torch). Names carry the sizes measured: smaller
+forward pass with side heads) and the fraction of this machine's compute bound they
+reach (counted FLOPs / time / the measured rate of a large float32 matmul, the best of
+JAX and torch). Names carry the sizes measured: smaller
 ``--image_size`` or ``--batch_size`` give other names (``train_b2_32``).
 
 Prints the machine (platform, CPU, cores, thread settings, XLA flags, glibc tunables,
@@ -126,9 +126,8 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, desc: str,
   one burst, untimed calls until ``change_over_s`` seconds have passed (at least one),
   then ``burst`` timed calls back to back. Rounds interleave the backends, so that a
   machine that slows down or speeds up during the measurement moves every backend alike.
-  Bursts keep them apart: a call made right after another library's (whose threads may
-  still spin on the same cores) or after a pause (while this library's threads wake)
-  measures the change-over as much as the work, and the untimed calls absorb it. A
+  Bursts keep them apart: a call made right after another library's, or after a pause,
+  can run slowly (see the module docstring), and the untimed calls absorb that. A
   function that raises during warm-up is dropped and its reason stored in ``failed``.
   """
   first, live = {}, {}
@@ -424,8 +423,8 @@ def bench_depthwise(b: Backends, s: dict, peak: float, train_row: dict | None) -
   auto = depthwise.resolve_impl('auto')
   fns = {impl: jax_train_step(b.config, impl, batch) for impl in DEPTHWISE_FORMS
          if not (train_row is not None and impl == auto)}
-  # JAX alone (no other library's threads to wait out), and the grouped form takes seconds
-  # a step on a CPU: one timed call per round after the change-over call.
+  # JAX alone (no other library to change over from), and the grouped form takes seconds
+  # a step on a CPU: one timed call per round after the change-over.
   ms, first = interleaved(fns, s['repeats'], f'train_b{bs}_{size} depthwise forms', burst=1)
   flops = train_flops(_model(b.config), _variables(b), bs, size)
   rows = []
@@ -629,15 +628,13 @@ def bench_eval(b: Backends, s: dict, peak: float, failed: dict) -> dict:
   mean, std = 90.0, 12.0
   model = _model(b.config)
 
-  # Two jitted functions of their own (not train.make_predict's, which the inference rows
-  # share), so that each one's compilations are this row's alone.
-  @jax.jit
-  def predict(params, model_state, image):
-    return model.apply({'params': params, **model_state}, image, train=False)
+  def own_predict():
+    return jax.jit(lambda params, model_state, image: model.apply(
+        {'params': params, **model_state}, image, train=False))
 
-  @jax.jit
-  def predict_one(params, model_state, image):
-    return model.apply({'params': params, **model_state}, image, train=False)
+  # Jitted functions of their own (not train.make_predict's, which the inference rows
+  # share), so that each one's compilations are its own and this row's alone.
+  predict, predict_one = own_predict(), own_predict()
 
   def jax_ref(image):
     return np.asarray(predict_one(b.params, b.model_state, image))[0, ..., 0]
