@@ -629,8 +629,9 @@ def bench_eval(b: Backends, s: dict, peak: float, failed: dict) -> dict:
   model = _model(b.config)
 
   def own_predict():
-    return jax.jit(lambda params, model_state, image: model.apply(
-        {'params': params, **model_state}, image, train=False))
+    return jax.jit(lambda params, model_state, image, valid_hw=None, valid_masks=None:
+                   model.apply({'params': params, **model_state}, image, train=False,
+                               valid_hw=valid_hw, valid_masks=valid_masks))
 
   # Jitted functions of their own (not train.make_predict's, which the inference rows
   # share), so that each one's compilations are its own and this row's alone.

@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- evaluation and logging ---------------------------------------------
   c.eval_every_epochs = 1
-  c.eval_batch_size = 16  # images of one padded shape scored together (results unchanged)
+  c.eval_batch_size = 16  # images of one shape scored together (results unchanged)
   c.log_every_steps = 10
   c.tophat_baseline = True  # also score a white top-hat on the test images (the floor)
   return c

@@ -356,7 +356,8 @@ def _bilinear_line(v: jax.Array, factor: int) -> jax.Array:
 
 
 def upsample_separable_conv(x: jax.Array, dw_kernel: jax.Array, pw_kernel: jax.Array,
-                            factor: int, *, as_matmul: bool = False) -> jax.Array:
+                            factor: int, *, as_matmul: bool = False,
+                            valid=None) -> jax.Array:
   """``pointwise(depthwise3x3(bilinear_x_factor(x)))`` of NHWC ``x`` without building
   the upsampled tensor: FastUp's convolutions, ``dw_kernel`` (3, 3, 1, C) with zero
   padding 1 at the output resolution, ``pw_kernel`` (1, 1, C, F) without bias.
@@ -374,6 +375,12 @@ def upsample_separable_conv(x: jax.Array, dw_kernel: jax.Array, pw_kernel: jax.A
   literal form to float rounding (tests/test_depthwise.py). ``as_matmul`` computes the
   dense convolution as a matrix product of the 9 shifted windows (under ``vmap`` XLA:CPU
   turns a convolution with batched weights into a slow grouped one).
+
+  ``valid`` (``(rows, cols)``, each (N,) int32) puts each image's bottom and right border
+  at its own valid size instead of the array's: its bottom and right border lines are
+  corrected there, per image (``x`` must then hold, just past its valid part, the edge
+  values: :func:`limijax.model.replicate_valid_edge`). Outputs beyond the valid part
+  are meaningless.
   """
   n, h, w, c = x.shape
   f = pw_kernel.shape[-1]
@@ -407,6 +414,26 @@ def upsample_separable_conv(x: jax.Array, dw_kernel: jax.Array, pw_kernel: jax.A
     return jnp.pad(_bilinear_line(v, factor)[:, 1:-1], ((0, 0), (1, 1), (0, 0)))
 
   z = z.at[:, 0].add(-line(_bilinear_line(x[:, 0], factor), w2[0]))
-  z = z.at[:, hh - 1].add(-line(_bilinear_line(x[:, h - 1], factor), w2[2]))
-  z = z.at[:, :, 0].add(-line(inner(x[:, :, 0]), w2[:, 0]))
-  return z.at[:, :, ww - 1].add(-line(inner(x[:, :, w - 1]), w2[:, 2]))
+  if valid is None:
+    z = z.at[:, hh - 1].add(-line(_bilinear_line(x[:, h - 1], factor), w2[2]))
+    z = z.at[:, :, 0].add(-line(inner(x[:, :, 0]), w2[:, 0]))
+    return z.at[:, :, ww - 1].add(-line(inner(x[:, :, w - 1]), w2[:, 2]))
+  # Each image's own last row and column, and rows of the continued columns only up to
+  # its own valid height (zero beyond, as past the array's edge above).
+  rows, cols = (jnp.asarray(v, jnp.int32) for v in valid)
+
+  def inner_valid(v):
+    below = (lax.broadcasted_iota(jnp.int32, (1, hh + 2, 1), 1) <= (factor * rows)[:, None, None])
+    return inner(v) * below.astype(v.dtype)
+
+  last_row = jnp.take_along_axis(x, (rows - 1)[:, None, None, None], axis=1)[:, 0]
+  last_col = jnp.take_along_axis(x, (cols - 1)[:, None, None, None], axis=2)[:, :, 0]
+  bottom = line(_bilinear_line(last_row, factor), w2[2])  # (N, ww, F)
+  right = line(inner_valid(last_col), w2[:, 2])  # (N, hh, F)
+  z = z.at[:, :, 0].add(-line(inner_valid(x[:, :, 0]), w2[:, 0]))
+  at_bottom = (lax.broadcasted_iota(jnp.int32, (1, hh, 1, 1), 1)
+               == (factor * rows - 1)[:, None, None, None])
+  at_right = (lax.broadcasted_iota(jnp.int32, (1, 1, ww, 1), 2)
+              == (factor * cols - 1)[:, None, None, None])
+  return (z - jnp.where(at_bottom, bottom[:, None], 0.0)
+          - jnp.where(at_right, right[:, :, None], 0.0))

@@ -226,6 +226,12 @@ def pad_to_multiple(image: np.ndarray, multiple: int, value: float = 0.0) -> np.
   return np.pad(image, pad, constant_values=value)
 
 
+def padded_size(record, multiple: int = 16) -> tuple[int, int]:
+  """The (H, W) that :func:`eval_examples` gives a record's image."""
+  h, w = _plane(record['image']).shape
+  return h + -h % multiple, w + -w % multiple
+
+
 def eval_examples(source, *, mean: float, std: float,
                   multiple: int = 16) -> Iterator[dict]:
   """Every record of `source`, in order, ready for the model.

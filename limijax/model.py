@@ -13,7 +13,9 @@ One module per block of the paper, named as the paper names it (Fig. 2-4):
 Tensors are NHWC. ``LimiNet.apply(variables, x, train=True)`` returns
 ``(final_logits, side_logits)`` where ``side_logits`` holds the four C2F outputs at full
 resolution, coarsest (x8) first; ``train=False`` returns the final logits alone and does
-not compute the side heads.
+not compute the side heads. With ``valid_hw`` (inference) a batch of images of different
+sizes, zero-padded into one shape, gives each image what it gives alone
+(:meth:`LimiNet.__call__`): evaluation compiles a handful of shapes, not one per size.
 
 Decisions the paper leaves open (also listed in the README's model section):
 
@@ -80,6 +82,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from limijax import depthwise
 from limijax.errors import ConfigError, UserError
@@ -191,6 +194,90 @@ def spatial_sums(x: jax.Array) -> jax.Array:
   return lax.reduce_sum(rows.reshape(n, lanes // c, c), (1,))
 
 
+# The valid region of a batch padded beyond its images' own sizes (evaluation in shared
+# shapes, :func:`limijax.train.evaluate_source`), while :meth:`LimiNet.__call__` runs with
+# ``valid_hw``: a :class:`_Valid`; None otherwise.
+_VALID = contextvars.ContextVar('limijax_valid', default=None)
+
+
+class _Valid:
+  """``valid_hw`` ((N, 2) int32: each image's height and width at the input resolution,
+  multiples of 16), the input's padded height, and one mask per resolution: those given
+  (:func:`valid_masks`, made on the host), else made here from ``valid_hw``. XLA folds a
+  mask made here into every fusion that reads it, index arithmetic and all: on a 2-core
+  CPU the model took 1.5x its time at batch 1 with them, 1.2x with masks given."""
+
+  def __init__(self, valid_hw: jax.Array, full_h: int, masks=None):
+    self.valid_hw, self.full_h, self.masks = valid_hw, full_h, {}
+    for m in masks or ():
+      self.masks[m.shape[1:3]] = m
+
+  def size(self, h: int) -> tuple[jax.Array, jax.Array]:
+    shift = (self.full_h // h).bit_length() - 1  # resolutions differ by powers of 2
+    sizes = lax.shift_right_logical(self.valid_hw, jnp.int32(shift))
+    return sizes[:, 0], sizes[:, 1]
+
+  def mask(self, h: int, w: int, dtype) -> jax.Array:
+    if (h, w) not in self.masks:
+      rows, cols = self.size(h)
+      inside = ((lax.broadcasted_iota(jnp.int32, (1, h, 1, 1), 1) < rows[:, None, None, None])
+                & (lax.broadcasted_iota(jnp.int32, (1, 1, w, 1), 2)
+                   < cols[:, None, None, None]))
+      self.masks[(h, w)] = inside.astype(dtype)
+    return self.masks[(h, w)].astype(dtype)
+
+
+def valid_masks(valid_hw, height: int, width: int) -> tuple[np.ndarray, ...]:
+  """The masks of :class:`LimiNet`'s ``valid_masks``, made on the host: float32
+  (N, H / s, W / s, 1) for s = 1, 2, 4, 8, 16, 1 inside each image's valid part."""
+  valid_hw = np.asarray(valid_hw, np.int64)
+  out = []
+  for s in (1, 2, 4, 8, 16):
+    rows = np.arange(height // s)[None, :] < valid_hw[:, :1] // s
+    cols = np.arange(width // s)[None, :] < valid_hw[:, 1:] // s
+    out.append((rows[:, :, None] & cols[:, None, :]).astype(np.float32)[..., None])
+  return tuple(out)
+
+
+def valid_size(x: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+  """``(rows, cols)``, each (N,) int32: the valid part of NHWC ``x`` at its own
+  resolution while :meth:`LimiNet.__call__` runs with ``valid_hw``; None otherwise."""
+  v = _VALID.get()
+  return None if v is None else v.size(x.shape[1])
+
+
+def valid_mask(x: jax.Array) -> jax.Array | None:
+  """(N, H, W, 1): 1 inside each image's valid part of ``x``, 0 beyond; None outside a
+  call with ``valid_hw``."""
+  v = _VALID.get()
+  return None if v is None else v.mask(x.shape[1], x.shape[2], x.dtype)
+
+
+def zero_invalid(x: jax.Array) -> jax.Array:
+  """``x`` with 0 beyond each image's valid part (unchanged outside a call with
+  ``valid_hw``): what zero padding at the valid border needs."""
+  m = valid_mask(x)
+  return x if m is None else x * m
+
+
+def replicate_valid_edge(x: jax.Array) -> jax.Array:
+  """``x`` with the row just past each image's valid part set to its last valid row, and
+  likewise the column (unchanged outside a call with ``valid_hw``). Bilinear upsampling
+  by PyTorch's rule clamps at the border, so it reads one value past the edge; this makes
+  that value the edge's own, as at the image's own size."""
+  v = valid_size(x)
+  if v is None:
+    return x
+  rows, cols = v
+  _, h, w, _ = x.shape
+  above = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)  # row i holds row i - 1
+  x = jnp.where(lax.broadcasted_iota(jnp.int32, (1, h, 1, 1), 1)
+                == rows[:, None, None, None], above, x)
+  left = jnp.concatenate([x[:, :, :1], x[:, :, :-1]], axis=2)
+  return jnp.where(lax.broadcasted_iota(jnp.int32, (1, 1, w, 1), 2)
+                   == cols[:, None, None, None], left, x)
+
+
 class GroupNorm(nn.Module):
   """GroupNorm over (H, W, channels of a group) of NHWC input with
   ``flax.linen.GroupNorm``'s parameters (``scale`` ones, ``bias`` zeros) and arithmetic
@@ -200,7 +287,12 @@ class GroupNorm(nn.Module):
   (tests/test_model.py); written out also because the general module takes about a third
   of the time of tracing the model. (A hand-written gradient with the same sums made the
   training step slower on a CPU, 978 against 779 ms: XLA then copied the gradients into
-  other layouts.)"""
+  other layouts.)
+
+  In a call with ``valid_hw`` the input must be 0 beyond each image's valid part (every
+  convolution's output is made so, :func:`zero_invalid`): the sums then need no mask
+  (multiplying by one inside the rows-of-16 reduction made it several times slower),
+  only the count of valid values; the output is 0 beyond the valid part too."""
   num_groups: int
   epsilon: float = GN_EPS
 
@@ -210,13 +302,19 @@ class GroupNorm(nn.Module):
     g = self.num_groups
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
-    count = h * w * (c // g)
+    mask = valid_mask(x)
+    if mask is None:
+      count = h * w * (c // g)
+    else:  # statistics over the valid part alone (x is 0 beyond it), and 0 beyond it
+      rows, cols = valid_size(x)
+      count = (rows * cols * (c // g)).astype(x.dtype)[:, None]
     mean = lax.reduce_sum(spatial_sums(x).reshape(n, g, c // g), (2,)) / count
     mean2 = lax.reduce_sum(spatial_sums(lax.square(x)).reshape(n, g, c // g), (2,)) / count
     var = jnp.maximum(0.0, mean2 - lax.square(mean))
     mean = jnp.repeat(mean, c // g, axis=-1)[:, None, None, :]
     var = jnp.repeat(var, c // g, axis=-1)[:, None, None, :]
-    return (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+    y = (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y if mask is None else y * mask
 
 
 def gn(channels: int, name: str | None = None) -> GroupNorm:
@@ -269,7 +367,8 @@ class DepthwiseConv(nn.Module):
   def __call__(self, x):
     k = self.kernel_size
     kernel = self.param('kernel', conv_init, (k, k, 1, x.shape[-1]), jnp.float32)
-    return depthwise.depthwise_conv(x, kernel, stride=self.stride, impl=self.impl)
+    return zero_invalid(depthwise.depthwise_conv(x, kernel, stride=self.stride,
+                                                 impl=self.impl))
 
 
 class DepthwiseConvTranspose(nn.Module):
@@ -279,7 +378,7 @@ class DepthwiseConvTranspose(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', conv_init, (4, 4, 1, x.shape[-1]), jnp.float32)
-    return depthwise.depthwise_conv_transpose2x(x, kernel, impl=self.impl)
+    return zero_invalid(depthwise.depthwise_conv_transpose2x(x, kernel, impl=self.impl))
 
 
 class OneChannelConv(nn.Module):
@@ -292,7 +391,7 @@ class OneChannelConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', conv_init, (3, 3, 1, self.features), jnp.float32)
-    return depthwise.conv_one_channel(x, kernel, impl=self.impl)
+    return zero_invalid(depthwise.conv_one_channel(x, kernel, impl=self.impl))
 
 
 _POINTWISE_FORM = contextvars.ContextVar('limijax_pointwise_form', default='conv')
@@ -391,7 +490,11 @@ class ECA(nn.Module):
     c = x.shape[-1]
     k = eca_kernel_size(c)
     kernel = self.param('kernel', normal_init(1.0 / math.sqrt(k)), (k,), jnp.float32)
-    y = spatial_sums(x) / (x.shape[1] * x.shape[2])  # (N, C): the global average pool
+    v = valid_size(x)
+    if v is None:
+      y = spatial_sums(x) / (x.shape[1] * x.shape[2])  # (N, C): the global average pool
+    else:  # over the valid part alone
+      y = spatial_sums(x) / (v[0] * v[1]).astype(x.dtype)[:, None]  # x: 0 beyond it
     yp = jnp.pad(y, ((0, 0), (k // 2, k // 2)))
     # 1-D cross-correlation over the channel axis, as torch Conv1d(1, 1, k, padding=k//2).
     z = sum(kernel[i] * yp[:, i:i + c] for i in range(k))
@@ -410,8 +513,8 @@ class SES(nn.Module):
     if x.shape[-1] == 1:  # a grey image: the same parameters, a faster form on CPU
       x = OneChannelConv(self.mid_features, impl=self.impl, name='conv')(x)
     else:
-      x = nn.Conv(self.mid_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                  kernel_init=conv_init, name='conv')(x)
+      x = zero_invalid(nn.Conv(self.mid_features, (3, 3), padding=((1, 1), (1, 1)),
+                               use_bias=False, kernel_init=conv_init, name='conv')(x))
     x = nn.relu(gn(self.mid_features, 'gn1')(x))
     x = DSConv(self.features, impl=self.impl, name='dsconv')(x)
     x = nn.relu(gn(self.features, 'gn2')(x))
@@ -463,9 +566,9 @@ class ResidualBlock(nn.Module):
   def __call__(self, x):
     y = nn.Conv(self.features, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
                 use_bias=False, kernel_init=conv_init, name='conv1')(x)
-    y = nn.relu(gn(self.features, 'gn1')(y))
-    y = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                kernel_init=conv_init, name='conv2')(y)
+    y = nn.relu(gn(self.features, 'gn1')(zero_invalid(y)))
+    y = zero_invalid(nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                             kernel_init=conv_init, name='conv2')(y))
     y = gn(self.features, 'gn2')(y)
     shortcut = avg_pool2(x)
     if x.shape[-1] != self.features:
@@ -491,9 +594,10 @@ class HUF(nn.Module):
       bil = deep
       if deep.shape[-1] != self.features:
         bil = pointwise(self.features, name='bilinear_proj')(bil)
-      up = dstc + upsample_bilinear(bil, 2)
+      up = dstc + zero_invalid(upsample_bilinear(replicate_valid_edge(bil), 2))
     else:
-      up = DSConv(self.features, impl=self.impl, name='up_dsconv')(upsample_bilinear(deep, 2))
+      up = DSConv(self.features, impl=self.impl, name='up_dsconv')(
+          zero_invalid(upsample_bilinear(replicate_valid_edge(deep), 2)))
     y = pointwise(self.features, name='fuse')(jnp.concatenate([up, skip], axis=-1))
     return nn.relu(gn(self.features, 'fuse_gn')(y))
 
@@ -523,12 +627,13 @@ class FastUp(nn.Module):
   def __call__(self, x):
     if depthwise.resolve_impl(self.impl) == 'grouped':
       x = DSConv(self.features, impl=self.impl, name='dsconv')(
-          upsample_bilinear(x, self.factor))
+          zero_invalid(upsample_bilinear(replicate_valid_edge(x), self.factor)))
     else:
       dw, pw = _DSConvKernels(self.features, name='dsconv')(x.shape[-1])
       x = depthwise.upsample_separable_conv(
-          x, dw, pw, self.factor, as_matmul=_POINTWISE_FORM.get() == 'matmul')
-    return nn.relu(gn(self.features, 'gn')(x))
+          replicate_valid_edge(x), dw, pw, self.factor,
+          as_matmul=_POINTWISE_FORM.get() == 'matmul', valid=valid_size(x))
+    return nn.relu(gn(self.features, 'gn')(zero_invalid(x)))
 
 
 class SegmentHead(nn.Module):
@@ -566,50 +671,73 @@ class LimiNet(nn.Module):
           f'multiples of {STRIDE}; got {tuple(x.shape)}')
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, valid_hw=None, valid_masks=None):
+    """``x`` (N, H, W, C) -> final logits (N, H, W, 1); with ``train`` also the C2F side
+    logits. ``valid_hw`` (inference only): (N, 2) int32, each image's own height and width
+    (multiples of 16) inside a batch padded beyond them with zeros; every layer then
+    computes, on each image's valid part, what it computes on the image alone at its own
+    size (statistics over the valid part, zero padding and bilinear clamping at its
+    border; equal to float rounding, tests/test_eval_batched.py), so images of different
+    sizes share one program. Logits beyond the valid part are meaningless.
+    ``valid_masks``: optionally, :func:`valid_masks` of ``valid_hw`` (faster)."""
     self.check_input(x)
     for name, value, allowed in (('stem', self.stem, STEMS), ('block', self.block, BLOCKS),
                                  ('upsampler', self.upsampler, UPSAMPLERS),
                                  ('head', self.head, HEADS)):
       if value not in allowed:
         raise UserError(f'model.{name} must be one of {allowed}, got {value!r}')
-    impl = self.depthwise
-    c1, c2, c3, c4 = self.channels
-    # --- Lightweight Stable Encoder (3.3) ---
-    if self.stem == 'ses':
-      e0 = SES(c1, self.stem_channels, impl, name='ses')(x)
+    if valid_hw is not None:
+      if train:
+        raise ValueError('valid_hw is for inference only (train=False)')
+      valid_hw = jnp.asarray(valid_hw, jnp.int32)
+      if valid_hw.shape != (x.shape[0], 2):
+        raise ValueError(f'valid_hw must be ({x.shape[0]}, 2), got {valid_hw.shape}')
+      token = _VALID.set(_Valid(valid_hw, x.shape[1], valid_masks))
     else:
-      e0 = DSConvBNStem(c1, impl, name='stem_dsconv_bn')(x, train)
-    if self.block == 'lmb':
-      blocks = [LMB(c, impl=impl, name=f'lmb{i + 1}') for i, c in enumerate(self.channels)]
-    else:
-      blocks = [ResidualBlock(c, name=f'res{i + 1}') for i, c in enumerate(self.channels)]
-    e1 = blocks[0](e0)  # 1/2
-    e2 = blocks[1](e1)  # 1/4
-    e3 = blocks[2](e2)  # 1/8
-    e4 = blocks[3](e3)  # 1/16
-    # --- Coarse-to-fine Hybrid Upsampling Decoder (3.4) ---
-    hybrid = self.upsampler == 'huf'
-    d3 = HUF(c3, hybrid, impl, name='huf1')(e4, e3)  # 1/8
-    d2 = HUF(c2, hybrid, impl, name='huf2')(d3, e2)  # 1/4
-    d1 = HUF(c1, hybrid, impl, name='huf3')(d2, e1)  # 1/2
-    d0 = HUF(c1, hybrid, impl, name='huf4')(d1, e0)  # 1/1
-    fu = self.fastup_channels
-    f3 = FastUp(8, fu, impl, name='fastup8')(d3)
-    f2 = FastUp(4, fu, impl, name='fastup4')(d2)
-    f1 = FastUp(2, fu, impl, name='fastup2')(d1)
-    final = SegmentHead(self.head_channels, impl, name='head')(
-        jnp.concatenate([f3, f2, f1, d0], axis=-1))
-    if not train:
-      return final
-    if self.head == 'fpn':
-      return final, ()
-    # C2F side heads (3.4, Fig. 4c; training only): an independent SegmentHead on each
-    # HUF output brought to full resolution, coarsest (x8) first, the order of
-    # loss.side_alphas.
-    sides = tuple(SegmentHead(self.head_channels, impl, name=f'side{i}')(f)
-                  for i, f in enumerate((f3, f2, f1, d0)))
-    return final, sides
+      token = _VALID.set(None)
+    try:
+      x = zero_invalid(x)  # whatever the padding beyond the valid part held
+      impl = self.depthwise
+      c1, c2, c3, c4 = self.channels
+      # --- Lightweight Stable Encoder (3.3) ---
+      if self.stem == 'ses':
+        e0 = SES(c1, self.stem_channels, impl, name='ses')(x)
+      else:
+        # BatchNorm's shift leaves values beyond the valid part, which the shortcuts of
+        # the blocks would carry on: zero them (GroupNorm does so everywhere else)
+        e0 = zero_invalid(DSConvBNStem(c1, impl, name='stem_dsconv_bn')(x, train))
+      if self.block == 'lmb':
+        blocks = [LMB(c, impl=impl, name=f'lmb{i + 1}') for i, c in enumerate(self.channels)]
+      else:
+        blocks = [ResidualBlock(c, name=f'res{i + 1}') for i, c in enumerate(self.channels)]
+      e1 = blocks[0](e0)  # 1/2
+      e2 = blocks[1](e1)  # 1/4
+      e3 = blocks[2](e2)  # 1/8
+      e4 = blocks[3](e3)  # 1/16
+      # --- Coarse-to-fine Hybrid Upsampling Decoder (3.4) ---
+      hybrid = self.upsampler == 'huf'
+      d3 = HUF(c3, hybrid, impl, name='huf1')(e4, e3)  # 1/8
+      d2 = HUF(c2, hybrid, impl, name='huf2')(d3, e2)  # 1/4
+      d1 = HUF(c1, hybrid, impl, name='huf3')(d2, e1)  # 1/2
+      d0 = HUF(c1, hybrid, impl, name='huf4')(d1, e0)  # 1/1
+      fu = self.fastup_channels
+      f3 = FastUp(8, fu, impl, name='fastup8')(d3)
+      f2 = FastUp(4, fu, impl, name='fastup4')(d2)
+      f1 = FastUp(2, fu, impl, name='fastup2')(d1)
+      final = SegmentHead(self.head_channels, impl, name='head')(
+          jnp.concatenate([f3, f2, f1, d0], axis=-1))
+      if not train:
+        return final
+      if self.head == 'fpn':
+        return final, ()
+      # C2F side heads (3.4, Fig. 4c; training only): an independent SegmentHead on each
+      # HUF output brought to full resolution, coarsest (x8) first, the order of
+      # loss.side_alphas.
+      sides = tuple(SegmentHead(self.head_channels, impl, name=f'side{i}')(f)
+                    for i, f in enumerate((f3, f2, f1, d0)))
+      return final, sides
+    finally:
+      _VALID.reset(token)
 
 
 def check_config(model_cfg) -> None:

@@ -236,11 +236,14 @@ def _make_train_step(model, tx, schedule, frozen_loss: tuple, num_seeds: int, se
 
 @functools.lru_cache(maxsize=16)
 def make_predict(model):
-  """The jitted inference ``(params, model_state, image) -> logits``, one per model in a
-  process."""
+  """The jitted inference ``(params, model_state, image[, valid_hw, valid_masks]) ->
+  logits``, one per model in a process. ``valid_hw`` ((N, 2) int32): each image's own
+  size inside a batch padded beyond it, ``valid_masks`` its
+  :func:`limijax.model.valid_masks` (:meth:`limijax.model.LimiNet.__call__`)."""
   @jax.jit
-  def predict(params, model_state, image):
-    return model.apply({'params': params, **model_state}, image, train=False)
+  def predict(params, model_state, image, valid_hw=None, valid_masks=None):
+    return model.apply({'params': params, **model_state}, image, train=False,
+                       valid_hw=valid_hw, valid_masks=valid_masks)
   return predict
 
 
@@ -251,30 +254,79 @@ def scoring_threads() -> int:
   return max(1, min(4, os.cpu_count() or 1))
 
 
+EVAL_SHAPES = 4  # at most this many padded shapes (programs) per evaluation
+
+
+def shape_buckets(counts: dict[tuple[int, int], int], max_shapes: int = EVAL_SHAPES
+                  ) -> dict[tuple[int, int], tuple[int, int]]:
+  """Each padded (H, W) of ``counts`` (images of that shape) -> the shape it is evaluated
+  at: at most ``max_shapes`` shapes, each as large as the largest of its members in
+  both sides. Starting from one shape per size, the two groups whose merging adds the
+  fewest padded pixels (over all their images) merge, until ``max_shapes`` remain; ties go
+  to the smaller shapes, so the plan depends on the sizes alone."""
+  if max_shapes < 1:
+    raise ValueError(f'max_shapes must be >= 1, got {max_shapes}')
+  groups = [([shape], shape, n) for shape, n in sorted(counts.items())]
+
+  def pixels(g):
+    return g[2] * g[1][0] * g[1][1]
+
+  while len(groups) > max_shapes:
+    best = None
+    for i in range(len(groups)):
+      for j in range(i + 1, len(groups)):
+        a, b = groups[i], groups[j]
+        shape = (max(a[1][0], b[1][0]), max(a[1][1], b[1][1]))
+        merged = (a[0] + b[0], shape, a[2] + b[2])
+        cost = pixels(merged) - pixels(a) - pixels(b)
+        if best is None or cost < best[0]:
+          best = (cost, i, j, merged)
+    _, i, j, merged = best
+    groups = [g for k, g in enumerate(groups) if k not in (i, j)] + [merged]
+  return {member: shape for members, shape, _ in groups for member in members}
+
+
 def evaluate_source(predict, params, model_state, source, mean: float, std: float,
                     desc: str = 'eval', progress: bool = True, batch_size: int = 16,
-                    multiple: int = 16) -> dict:
+                    multiple: int = 16, max_shapes: int = EVAL_SHAPES) -> dict:
   """The field's metrics of the model on every image of ``source`` at its own size.
 
   Each image is normalised and padded at the bottom/right to a multiple of `multiple`,
-  exactly as one image at a time would be (padding changes GroupNorm's statistics, so
-  images are never padded further to share a shape). Images of the same padded shape are
-  stacked into batches of `batch_size`. The few left over of a shape fill a last batch
-  with copies of its last image, whose outputs are dropped (every sample is normalised on
-  its own, so they change nothing); a shape with fewer images than `batch_size` runs one
-  image at a time. The model therefore compiles once per distinct padded shape. While
-  the device works on later batches, :func:`scoring_threads` host threads score the
-  earlier ones (thresholding, connected components); per-image sums are added in the
-  images' order, so the result equals scoring the images one at a time.
+  as one image at a time would be. The padded sizes are then grouped into at most
+  ``max_shapes`` shapes (:func:`shape_buckets`), so the model compiles at most that many
+  times whatever the number of sizes: an image smaller than its group's shape is padded
+  further with zeros, and ``predict`` gets every image's own padded size (``valid_hw``,
+  :meth:`limijax.model.LimiNet.__call__`), so that its outputs equal those of the image
+  alone to float rounding. A group whose images all have its shape runs without
+  ``valid_hw`` (nothing to mask). Images of a group are stacked into batches of
+  ``min(batch_size, images in the group)``; the last batch is filled with copies of its
+  last image, whose outputs are dropped (every sample is normalised on its own, so they
+  change nothing). The sizes come from a first pass over ``source``. While the device
+  works on later batches, :func:`scoring_threads` host threads score the earlier ones
+  (thresholding, connected components); per-image sums are added in the images' order,
+  so the result equals scoring the images one at a time.
+
+  ``predict(params, model_state, images[, valid_hw, valid_masks])``: :func:`make_predict`'s.
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+  counts: dict[tuple[int, int], int] = {}
+  for i in range(len(source)):
+    h, w = input_pipeline.padded_size(source[i], multiple)
+    counts[(h, w)] = counts.get((h, w), 0) + 1
+  plan = shape_buckets(counts, max_shapes)
+  members: dict[tuple, set] = {}
+  for size, shape in plan.items():
+    members.setdefault(shape, set()).add(size)
+  group_batch = {shape: min(batch_size, sum(counts[m] for m in sizes))
+                 for shape, sizes in members.items()}
+  masked = {shape for shape, sizes in members.items() if sizes != {shape}}
+
   acc = metrics_lib.MetricAccumulator()
   done: dict[int, metrics_lib.MetricAccumulator] = {}
   next_index = [0]
   buckets: dict[tuple, list[dict]] = {}
   in_flight: list[tuple[list[dict], concurrent.futures.Future]] = []
-  batched: set[tuple] = set()  # shapes whose batch program exists
   threads = scoring_threads()
 
   def score(group: list[dict], logits) -> list[tuple[int, metrics_lib.MetricAccumulator]]:
@@ -288,17 +340,19 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
       out.append((ex['index'], one))
     return out
 
-  def dispatch(group: list[dict]) -> None:
-    shape = group[0]['image'].shape
-    if len(group) == batch_size or shape in batched:
-      batched.add(shape)
-      fill = [group[-1]['image']] * (batch_size - len(group))
-      images = np.concatenate([ex['image'] for ex in group] + fill)
-      in_flight.append((group, pool.submit(score, group, predict(params, model_state, images))))
-    else:  # a shape with few images goes one by one: no compilation for each odd count
-      for ex in group:
-        in_flight.append(([ex], pool.submit(score, [ex], predict(params, model_state,
-                                                                  ex['image']))))
+  def dispatch(shape: tuple, group: list[dict]) -> None:
+    fill = [group[-1]] * (group_batch[shape] - len(group))
+    h, w = shape
+    images = np.zeros((len(group) + len(fill), h, w, 1), np.float32)
+    for j, ex in enumerate(group + fill):
+      images[j, :ex['image'].shape[1], :ex['image'].shape[2]] = ex['image'][0]
+    if shape in masked:
+      valid = np.array([ex['image'].shape[1:3] for ex in group + fill], np.int32)
+      logits = predict(params, model_state, images, valid,
+                       model_lib.valid_masks(valid, h, w))
+    else:
+      logits = predict(params, model_state, images)
+    in_flight.append((group, pool.submit(score, group, logits)))
     while len(in_flight) > 2 * threads:
       collect_oldest()
 
@@ -315,12 +369,13 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
     for i, ex in enumerate(input_pipeline.eval_examples(source, mean=mean, std=std,
                                                         multiple=multiple)):
       ex['index'] = i
-      group = buckets.setdefault(ex['image'].shape, [])
+      shape = plan[tuple(ex['image'].shape[1:3])]
+      group = buckets.setdefault(shape, [])
       group.append(ex)
-      if len(group) == batch_size:
-        dispatch(buckets.pop(ex['image'].shape))
+      if len(group) == group_batch[shape]:
+        dispatch(shape, buckets.pop(shape))
     for shape in list(buckets):
-      dispatch(buckets.pop(shape))
+      dispatch(shape, buckets.pop(shape))
     while in_flight:
       collect_oldest()
   bar.close()

@@ -35,8 +35,8 @@ SIZES = [(30, 40), (32, 48), (48, 20), (31, 33), (16, 16), (29, 47), (40, 32), (
 def _threshold_model():
   """A 'model' whose logits are the normalised image minus a threshold: exact to check."""
   @jax.jit
-  def predict(params, model_state, image):
-    del model_state
+  def predict(params, model_state, image, valid_hw=None, valid_masks=None):
+    del model_state, valid_hw, valid_masks  # each pixel on its own: no size matters
     return image - params['t']
   return predict
 
@@ -61,10 +61,82 @@ def test_batched_metrics_equal_one_at_a_time(batch_size):
   assert got['num_images'] == len(SIZES)
   assert 0 < want['pd'] < 1 and want['miou'] > 0  # the set is not trivial
   assert want['num_false_alarm_components'] > 0
-  # Compilations: one per padded shape (3 shapes). With batch 2 the (32, 48) group of 5
-  # runs as 2 + 2 + (1 and a copy), the (48, 32) group of 3 as 2 + (1 and a copy); with
-  # batch 16 every group is smaller than a batch and runs at batch 1.
+  # Compilations: one per padded shape (3 shapes, no more than train.EVAL_SHAPES). With
+  # batch 2 the (32, 48) group of 5 runs as 2 + 2 + (1 and a copy), the (48, 32) group of
+  # 3 as 2 + (1 and a copy); with batch 16 each group runs as one batch of its own size.
   assert predict._cache_size() == 3
+
+
+# 8 padded shapes: (16, 16), (16, 32), (32, 16), (32, 32), (48, 16), (16, 64), (64, 48),
+# (80, 80).
+MANY_SIZES = [(10, 12), (16, 30), (31, 9), (20, 20), (40, 16), (16, 50), (60, 40), (70, 75),
+              (12, 14), (32, 32)]
+
+
+@pytest.mark.parametrize('max_shapes', [1, 2, 4])
+def test_many_sizes_compile_at_most_max_shapes_and_score_as_one_at_a_time(max_shapes):
+  recs = _records(MANY_SIZES, seed=2)
+  mean, std, t = 60.0, 40.0, 3.5
+  predict = _threshold_model()
+  got = train.evaluate_source(predict, {'t': np.float32(t)}, {}, recs, mean, std,
+                              progress=False, batch_size=3, max_shapes=max_shapes)
+  assert got == _one_at_a_time(recs, mean, std, t)
+  assert predict._cache_size() == max_shapes  # 8 sizes, grouped into max_shapes shapes
+
+
+def test_shape_buckets_merge_what_adds_the_fewest_padded_pixels():
+  counts = {(16, 16): 4, (16, 32): 1, (32, 16): 1, (64, 64): 2}
+  # Worked by hand. First merge: (16, 16) x4 with (16, 32) x1 -> (16, 32) x5 adds
+  # 5 * 512 - 4 * 256 - 512 = 1024 pixels; (16, 16) with (32, 16) and (16, 32) with
+  # (32, 16) also add 1024 (the first of the tied pairs in size order is taken); anything
+  # with (64, 64) adds at least 3584.
+  assert train.shape_buckets(counts, 3) == {(16, 16): (16, 32), (16, 32): (16, 32),
+                                            (32, 16): (32, 16), (64, 64): (64, 64)}
+  # Second merge: (32, 16) x1 into (16, 32) x5 -> (32, 32) x6 adds 6144 - 512 - 2560 = 3072,
+  # less than (32, 16) with (64, 64) (3584) or (16, 32) x5 with (64, 64) (17920).
+  assert train.shape_buckets(counts, 2) == {(16, 16): (32, 32), (16, 32): (32, 32),
+                                            (32, 16): (32, 32), (64, 64): (64, 64)}
+  assert set(train.shape_buckets(counts, 1).values()) == {(64, 64)}
+  assert train.shape_buckets(counts, 4) == {s: s for s in counts}
+  with pytest.raises(ValueError, match='max_shapes'):
+    train.shape_buckets(counts, 0)
+
+
+@pytest.mark.parametrize('variant', [
+    {},  # the paper's model, shift form: FastUp folded (border lines at the valid edge)
+    # every ablation at once, literal forms: BatchNorm stem, plain residual blocks,
+    # bilinear upsampler, XLA's grouped depthwise convolutions (FastUp literal)
+    {'stem': 'dsconv_bn', 'block': 'residual', 'upsampler': 'bilinear', 'head': 'fpn',
+     'depthwise': 'grouped'},
+])
+def test_model_on_a_padded_batch_with_valid_hw_equals_each_image_alone(variant):
+  config = base_config()
+  for key, value in variant.items():
+    config.model[key] = value
+  model = model_lib.from_config(config)
+  variables = dict(model_lib.init(model, jax.random.PRNGKey(1)))
+  if 'batch_stats' in variables:  # a BatchNorm that shifts: values beyond the valid part
+    variables['batch_stats'] = jax.tree.map(lambda a: a + 0.3, variables['batch_stats'])
+  rng = np.random.default_rng(0)
+  sizes = [(16, 32), (32, 16), (16, 16)]
+  images = [rng.standard_normal((h, w)).astype(np.float32) for h, w in sizes]
+  batch = np.full((len(sizes), 32, 48, 1), 5.0, np.float32)  # junk beyond each image
+  for i, image in enumerate(images):
+    batch[i, :image.shape[0], :image.shape[1], 0] = image
+  predict = train.make_predict(model)
+  params, model_state = train.split_variables(variables)
+  valid_hw = np.array(sizes, np.int32)
+  out = np.asarray(predict(params, model_state, batch, valid_hw))
+  given = np.asarray(predict(params, model_state, batch, valid_hw,
+                             model_lib.valid_masks(valid_hw, 32, 48)))
+  np.testing.assert_allclose(given, out, atol=3e-5, rtol=0)  # the masks made on the host
+  for i, image in enumerate(images):
+    alone = np.asarray(predict(params, model_state, image[None, :, :, None]))[0]
+    h, w = image.shape
+    np.testing.assert_allclose(out[i, :h, :w], alone, atol=3e-5, rtol=0)
+    assert np.abs(alone).max() > 0.1  # not trivially equal
+  with pytest.raises(ValueError, match='inference only'):
+    model.apply(variables, batch, train=True, valid_hw=np.array(sizes, np.int32))
 
 
 def test_batched_evaluation_of_the_model_matches_batch_1():
