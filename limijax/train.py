@@ -299,9 +299,10 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
   :meth:`limijax.model.LimiNet.__call__`), so that its outputs equal those of the image
   alone to float rounding. A group whose images all have its shape runs without
   ``valid_hw`` (nothing to mask). Images of a group are stacked into batches of
-  ``min(batch_size, images in the group)``; the last batch is filled with copies of its
-  last image, whose outputs are dropped (every sample is normalised on its own, so they
-  change nothing). The sizes come from a first pass over ``source``. While the device
+  `batch_size`; the last batch is filled with copies of its last image, whose outputs are
+  dropped (every sample is normalised on its own, so they change nothing); a group with
+  fewer images than `batch_size` runs one image at a time. The sizes come from a first
+  pass over ``source``. While the device
   works on later batches, :func:`scoring_threads` host threads score the earlier ones
   (thresholding, connected components); per-image sums are added in the images' order,
   so the result equals scoring the images one at a time.
@@ -318,7 +319,9 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
   members: dict[tuple, set] = {}
   for size, shape in plan.items():
     members.setdefault(shape, set()).add(size)
-  group_batch = {shape: min(batch_size, sum(counts[m] for m in sizes))
+  # A group with fewer images than a batch runs one image at a time: the batch-1 program
+  # then serves every such group of that shape, in every split (validation and test).
+  group_batch = {shape: batch_size if sum(counts[m] for m in sizes) >= batch_size else 1
                  for shape, sizes in members.items()}
   masked = {shape for shape, sizes in members.items() if sizes != {shape}}
 

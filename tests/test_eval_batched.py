@@ -63,7 +63,8 @@ def test_batched_metrics_equal_one_at_a_time(batch_size):
   assert want['num_false_alarm_components'] > 0
   # Compilations: one per padded shape (3 shapes, no more than train.EVAL_SHAPES). With
   # batch 2 the (32, 48) group of 5 runs as 2 + 2 + (1 and a copy), the (48, 32) group of
-  # 3 as 2 + (1 and a copy); with batch 16 each group runs as one batch of its own size.
+  # 3 as 2 + (1 and a copy); with batch 16 every group is smaller than a batch and runs at
+  # batch 1.
   assert predict._cache_size() == 3
 
 
