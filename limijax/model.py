@@ -205,7 +205,8 @@ class _Valid:
   multiples of 16), the input's padded height, and one mask per resolution: those given
   (:func:`valid_masks`, made on the host), else made here from ``valid_hw``. XLA folds a
   mask made here into every fusion that reads it, index arithmetic and all: on a 2-core
-  CPU the model took 1.5x its time at batch 1 with them, 1.2x with masks given."""
+  CPU, at batch 1 and 288x288, the model took 1.2-1.5x its time without ``valid_hw``
+  with masks made here, 1.2-1.3x with masks given (BENCHMARKS.md, 2026-11-28)."""
 
   def __init__(self, valid_hw: jax.Array, full_h: int, masks=None):
     self.valid_hw, self.full_h, self.masks = valid_hw, full_h, {}
@@ -228,8 +229,9 @@ class _Valid:
 
 
 def valid_masks(valid_hw, height: int, width: int) -> tuple[np.ndarray, ...]:
-  """The masks of :class:`LimiNet`'s ``valid_masks``, made on the host: float32
-  (N, H / s, W / s, 1) for s = 1, 2, 4, 8, 16, 1 inside each image's valid part."""
+  """The masks of :class:`LimiNet`'s ``valid_masks`` for a batch of shape (N, ``height``,
+  ``width``, C), made on the host: float32 (N, height / s, width / s, 1) for the
+  resolutions s = 1, 2, 4, 8, 16, 1 inside each image's valid part and 0 beyond."""
   valid_hw = np.asarray(valid_hw, np.int64)
   out = []
   for s in (1, 2, 4, 8, 16):
