@@ -209,7 +209,7 @@ def predict_files(workdir: str | None, files: Sequence[str], out: str, progress:
     from limijax import onnx_model as onnx_lib  # pylint: disable=g-import-not-at-top
     segment = onnx_lib.OnnxModel(onnx_model).segment
   else:
-    segment = _jax_segmenter(workdir)
+    segment = _jax_segmenter(workdir, [image_io.image_size(p)[::-1] for p in files])
   os.makedirs(out, exist_ok=True)
   written = []
   for path, mask_path in tqdm(list(zip(files, masks)), desc='predict', disable=not progress):
@@ -231,19 +231,40 @@ def predict_files(workdir: str | None, files: Sequence[str], out: str, progress:
   return written
 
 
-def _jax_segmenter(workdir: str):
-  """image (H, W) uint8 -> bool mask of the run's best checkpoint."""
+def _jax_segmenter(workdir: str, sizes: Sequence[tuple[int, int]] = ()):
+  """image (H, W) uint8 -> bool mask of the run's best checkpoint.
+
+  ``sizes``: the (H, W) of the images to come. Padded to multiples of 16, they are grouped
+  into at most :data:`limijax.train.EVAL_SHAPES` shapes as evaluation groups them
+  (:func:`limijax.train.shape_buckets`), so that the model compiles at most that many
+  times; an image smaller than its group's shape is padded further and the model is told
+  its own size (its logits equal those at its own size to float rounding). An image of a
+  size not among ``sizes`` runs at its own padded size."""
   # Imported only here, after the checks on the inputs, so that a wrong --mask_dir fails
   # before JAX loads and the ONNX backend never loads it.
-  from limijax import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  from limijax import input_pipeline, model as model_lib, train  # pylint: disable=g-import-not-at-top
   trained = train.load_run(workdir)
   predict = train.make_predict(trained.model)
+  counts: dict[tuple[int, int], int] = {}
+  for h, w in sizes:
+    padded_hw = (h + -h % 16, w + -w % 16)
+    counts[padded_hw] = counts.get(padded_hw, 0) + 1
+  plan = train.shape_buckets(counts, train.EVAL_SHAPES) if counts else {}
+  mixed = {shape for size, shape in plan.items() if size != shape}  # shapes with masks
 
   def segment(image):
-    x = (image.astype(np.float32) - trained.mean) / trained.std
-    padded = input_pipeline.pad_to_multiple(x, 16)
-    logits = np.asarray(predict(trained.params, trained.model_state, padded[None, :, :, None]))
-    return input_pipeline.crop_to_size(logits[0, :, :, 0], image.shape) > 0
+    x = input_pipeline.pad_to_multiple((image.astype(np.float32) - trained.mean) / trained.std,
+                                       16)
+    shape = plan.get(x.shape, x.shape)
+    if shape not in mixed:  # one program per shape: with masks for all of it, or none
+      logits = predict(trained.params, trained.model_state, x[None, :, :, None])
+    else:
+      batch = np.zeros((1, *shape, 1), np.float32)
+      batch[0, :x.shape[0], :x.shape[1], 0] = x
+      valid = np.array([x.shape], np.int32)
+      logits = predict(trained.params, trained.model_state, batch, valid,
+                       model_lib.valid_masks(valid, *shape))
+    return input_pipeline.crop_to_size(np.asarray(logits)[0, :, :, 0], image.shape) > 0
 
   return segment
 

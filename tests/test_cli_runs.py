@@ -398,6 +398,38 @@ def test_predict_writes_masks_and_overlays(run, tmp_path):
   assert (single / 'odd.png').read_bytes() == (out / 'odd.png').read_bytes()
 
 
+def test_predict_groups_the_sizes_and_gives_each_image_its_own_size_mask(run, tmp_path,
+                                                                        monkeypatch):
+  # One shape for every size (train.EVAL_SHAPES = 1): 37 x 50 runs at its padded 48 x 64,
+  # 20 x 30 inside 48 x 64 with its own size (32 x 32) given to the model: one program.
+  import jax  # pylint: disable=g-import-not-at-top
+  from limijax import predict, train  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(train, 'EVAL_SHAPES', 1)
+  rng = np.random.default_rng(4)
+  images = {'big': rng.integers(0, 60, (37, 50)).astype(np.uint8),
+            'small': rng.integers(0, 60, (20, 30)).astype(np.uint8)}
+  images['small'][5:8, 9:12] = 255
+  for stem, image in images.items():
+    Image.fromarray(image).save(tmp_path / f'{stem}.png')
+  files = [str(tmp_path / f'{stem}.png') for stem in images]
+  predict_fn = train.make_predict(train.load_run(run['workdir']).model)
+  before = predict_fn._cache_size()
+  predict.predict_files(run['workdir'], files, str(tmp_path / 'out'), progress=False)
+  assert predict_fn._cache_size() - before <= 1  # one shape, at most one new program
+  trained = train.load_run(run['workdir'])
+  own = jax.jit(lambda v, x: trained.model.apply(v, x, train=False))
+  for stem, image in images.items():
+    h, w = image.shape
+    x = np.zeros((1, h + -h % 16, w + -w % 16, 1), np.float32)
+    x[0, :h, :w, 0] = (image.astype(np.float32) - trained.mean) / trained.std
+    logits = np.asarray(own({'params': trained.params, **trained.model_state}, x))[0, :h, :w, 0]
+    with Image.open(tmp_path / 'out' / f'{stem}.png') as im:
+      mask = np.asarray(im) == 255
+    sure = np.abs(logits) > 1e-4  # float rounding may flip a logit this close to 0
+    np.testing.assert_array_equal(mask[sure], logits[sure] > 0)
+    assert sure.mean() > 0.99
+
+
 def test_predict_missing_input_is_one_line(run, tmp_path):
   missing = tmp_path / 'nothing_here.png'
   proc = _cli('limijax.predict', f'--workdir={run["workdir"]}', f'--input={missing}',
