@@ -369,8 +369,7 @@ class DepthwiseConv(nn.Module):
   def __call__(self, x):
     k = self.kernel_size
     kernel = self.param('kernel', conv_init, (k, k, 1, x.shape[-1]), jnp.float32)
-    return zero_invalid(depthwise.depthwise_conv(x, kernel, stride=self.stride,
-                                                 impl=self.impl))
+    return depthwise.depthwise_conv(x, kernel, stride=self.stride, impl=self.impl)
 
 
 class DepthwiseConvTranspose(nn.Module):
@@ -380,7 +379,7 @@ class DepthwiseConvTranspose(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', conv_init, (4, 4, 1, x.shape[-1]), jnp.float32)
-    return zero_invalid(depthwise.depthwise_conv_transpose2x(x, kernel, impl=self.impl))
+    return depthwise.depthwise_conv_transpose2x(x, kernel, impl=self.impl)
 
 
 class OneChannelConv(nn.Module):
@@ -475,8 +474,14 @@ class DSConv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    # With valid_hw, 0 past each image's border: after the depthwise conv or after the 1x1
+    # conv (which keeps zeros when it has no bias), whichever has fewer channels.
+    mask_after_pointwise = self.features <= x.shape[-1] and not self.use_bias
     x = DepthwiseConv(self.kernel_size, self.stride, self.impl, name='dw')(x)
-    return pointwise(self.features, self.use_bias, name='pw')(x)
+    if not mask_after_pointwise:
+      x = zero_invalid(x)
+    x = pointwise(self.features, self.use_bias, name='pw')(x)
+    return zero_invalid(x) if mask_after_pointwise else x
 
 
 def eca_kernel_size(channels: int) -> int:
@@ -596,7 +601,8 @@ class HUF(nn.Module):
       bil = deep
       if deep.shape[-1] != self.features:
         bil = pointwise(self.features, name='bilinear_proj')(bil)
-      up = dstc + zero_invalid(upsample_bilinear(replicate_valid_edge(bil), 2))
+      # 0 past each image's border: the sum at once (the 1x1 conv has no bias)
+      up = zero_invalid(dstc + upsample_bilinear(replicate_valid_edge(bil), 2))
     else:
       up = DSConv(self.features, impl=self.impl, name='up_dsconv')(
           zero_invalid(upsample_bilinear(replicate_valid_edge(deep), 2)))
