@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 from typing import Any, Callable
+import weakref
 
 from absl import logging
 import jax
@@ -286,6 +287,29 @@ def shape_buckets(counts: dict[tuple[int, int], int], max_shapes: int = EVAL_SHA
   return {member: shape for members, shape, _ in groups for member in members}
 
 
+_SIZE_COUNTS = weakref.WeakKeyDictionary()  # source -> {(len, multiple): counts}
+
+
+def _padded_size_counts(source, multiple: int) -> dict[tuple[int, int], int]:
+  """How many images of ``source`` have each padded (H, W): a pass that decodes every
+  record (about 1 ms an image of 128x128), kept per source object where it can be (a
+  dataset's validation split is evaluated again and again; plain lists cannot be kept)."""
+  key = (len(source), multiple)
+  try:
+    return dict(_SIZE_COUNTS[source][key])
+  except (KeyError, TypeError):
+    pass
+  counts: dict[tuple[int, int], int] = {}
+  for i in range(len(source)):
+    h, w = input_pipeline.padded_size(source[i], multiple)
+    counts[(h, w)] = counts.get((h, w), 0) + 1
+  try:
+    _SIZE_COUNTS.setdefault(source, {})[key] = dict(counts)
+  except TypeError:  # not weakly referable (a list): measured again next time
+    pass
+  return counts
+
+
 def evaluate_source(predict, params, model_state, source, mean: float, std: float,
                     desc: str = 'eval', progress: bool = True, batch_size: int = 16,
                     multiple: int = 16, max_shapes: int = EVAL_SHAPES) -> dict:
@@ -302,7 +326,7 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
   `batch_size`; the last batch is filled with copies of its last image, whose outputs are
   dropped (every sample is normalised on its own, so they change nothing); a group with
   fewer images than `batch_size` runs one image at a time. The sizes come from a first
-  pass over ``source``. While the device
+  pass over ``source``, kept for later evaluations of the same source object. While the device
   works on later batches, :func:`scoring_threads` host threads score the earlier ones
   (thresholding, connected components); per-image sums are added in the images' order,
   so the result equals scoring the images one at a time.
@@ -311,10 +335,7 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-  counts: dict[tuple[int, int], int] = {}
-  for i in range(len(source)):
-    h, w = input_pipeline.padded_size(source[i], multiple)
-    counts[(h, w)] = counts.get((h, w), 0) + 1
+  counts = _padded_size_counts(source, multiple)
   plan = shape_buckets(counts, max_shapes)
   members: dict[tuple, set] = {}
   for size, shape in plan.items():

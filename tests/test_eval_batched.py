@@ -153,3 +153,29 @@ def test_batched_evaluation_of_the_model_matches_batch_1():
                                 progress=False, batch_size=3)
   for key in one:
     assert one[key] == pytest.approx(three[key], abs=1e-6), key
+
+
+class _CountingSource:
+  """A record source (``len`` and ``[i]``) that counts its reads."""
+
+  def __init__(self, records):
+    self.records, self.reads = records, 0
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, i):
+    self.reads += 1
+    return self.records[i]
+
+
+def test_sizes_of_a_source_are_read_once_and_kept_for_the_next_evaluation():
+  recs = _records(MANY_SIZES, seed=3)
+  source = _CountingSource(recs)
+  predict = _threshold_model()
+  args = (predict, {'t': np.float32(3.5)}, {}, source, 60.0, 40.0)
+  first = train.evaluate_source(*args, progress=False)
+  assert source.reads == 2 * len(recs)  # the sizes, then the images
+  second = train.evaluate_source(*args, progress=False)
+  assert source.reads == 3 * len(recs)  # the images only
+  assert first == second == _one_at_a_time(recs, 60.0, 40.0, 3.5)
