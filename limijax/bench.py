@@ -622,20 +622,14 @@ def per_image_loop(logits_fn: Callable[[np.ndarray], np.ndarray], source, mean: 
 
 
 def bench_eval(b: Backends, s: dict, peak: float, failed: dict) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
   from limijax import input_pipeline, train  # pylint: disable=g-import-not-at-top
   source = eval_split(s['image_size'])
   mean, std = 90.0, 12.0
   model = _model(b.config)
 
-  def own_predict():
-    return jax.jit(lambda params, model_state, image, valid_hw=None, valid_masks=None:
-                   model.apply({'params': params, **model_state}, image, train=False,
-                               valid_hw=valid_hw, valid_masks=valid_masks))
-
   # Jitted functions of their own (not train.make_predict's, which the inference rows
   # share), so that each one's compilations are its own and this row's alone.
-  predict, predict_one = own_predict(), own_predict()
+  predict, predict_one = train.new_predict(model), train.new_predict(model)
 
   def jax_ref(image):
     return np.asarray(predict_one(b.params, b.model_state, image))[0, ..., 0]

@@ -226,10 +226,14 @@ def pad_to_multiple(image: np.ndarray, multiple: int, value: float = 0.0) -> np.
   return np.pad(image, pad, constant_values=value)
 
 
+def padded_hw(h: int, w: int, multiple: int = 16) -> tuple[int, int]:
+  """(H, W) padded up to multiples of `multiple`, as :func:`pad_to_multiple` pads."""
+  return h + -h % multiple, w + -w % multiple
+
+
 def padded_size(record, multiple: int = 16) -> tuple[int, int]:
   """The (H, W) that :func:`eval_examples` gives a record's image."""
-  h, w = _plane(record['image']).shape
-  return h + -h % multiple, w + -w % multiple
+  return padded_hw(*_plane(record['image']).shape, multiple)
 
 
 def eval_examples(source, *, mean: float, std: float,

@@ -242,28 +242,22 @@ def _jax_segmenter(workdir: str, sizes: Sequence[tuple[int, int]] = ()):
   size not among ``sizes`` runs at its own padded size."""
   # Imported only here, after the checks on the inputs, so that a wrong --mask_dir fails
   # before JAX loads and the ONNX backend never loads it.
-  from limijax import input_pipeline, model as model_lib, train  # pylint: disable=g-import-not-at-top
+  from limijax import input_pipeline, train  # pylint: disable=g-import-not-at-top
   trained = train.load_run(workdir)
   predict = train.make_predict(trained.model)
   counts: dict[tuple[int, int], int] = {}
   for h, w in sizes:
-    padded_hw = (h + -h % 16, w + -w % 16)
+    padded_hw = input_pipeline.padded_hw(h, w, 16)
     counts[padded_hw] = counts.get(padded_hw, 0) + 1
-  plan = train.shape_buckets(counts, train.EVAL_SHAPES) if counts else {}
-  mixed = {shape for size, shape in plan.items() if size != shape}  # shapes with masks
+  plan, masked = train.shape_plan(counts, train.EVAL_SHAPES) if counts else ({}, set())
 
   def segment(image):
     x = input_pipeline.pad_to_multiple((image.astype(np.float32) - trained.mean) / trained.std,
                                        16)
     shape = plan.get(x.shape, x.shape)
-    if shape not in mixed:  # one program per shape: with masks for all of it, or none
-      logits = predict(trained.params, trained.model_state, x[None, :, :, None])
-    else:
-      batch = np.zeros((1, *shape, 1), np.float32)
-      batch[0, :x.shape[0], :x.shape[1], 0] = x
-      valid = np.array([x.shape], np.int32)
-      logits = predict(trained.params, trained.model_state, batch, valid,
-                       model_lib.valid_masks(valid, *shape))
+    # one program per shape: with masks for every image of it, or for none
+    logits = train.predict_in_shape(predict, trained.params, trained.model_state,
+                                    [x[None, :, :, None]], shape, shape in masked)
     return input_pipeline.crop_to_size(np.asarray(logits)[0, :, :, 0], image.shape) > 0
 
   return segment

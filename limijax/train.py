@@ -235,10 +235,9 @@ def _make_train_step(model, tx, schedule, frozen_loss: tuple, num_seeds: int, se
   return jax.jit(step, donate_argnums=0)
 
 
-@functools.lru_cache(maxsize=16)
-def make_predict(model):
-  """The jitted inference ``(params, model_state, image[, valid_hw, valid_masks]) ->
-  logits``, one per model in a process. ``valid_hw`` ((N, 2) int32): each image's own
+def new_predict(model):
+  """A new jitted inference ``(params, model_state, image[, valid_hw, valid_masks]) ->
+  logits``, with compilations of its own. ``valid_hw`` ((N, 2) int32): each image's own
   size inside a batch padded beyond it, ``valid_masks`` its
   :func:`limijax.model.valid_masks` (:meth:`limijax.model.LimiNet.__call__`)."""
   @jax.jit
@@ -246,6 +245,12 @@ def make_predict(model):
     return model.apply({'params': params, **model_state}, image, train=False,
                        valid_hw=valid_hw, valid_masks=valid_masks)
   return predict
+
+
+@functools.lru_cache(maxsize=16)
+def make_predict(model):
+  """:func:`new_predict`, one per model in a process."""
+  return new_predict(model)
 
 
 def scoring_threads() -> int:
@@ -285,6 +290,30 @@ def shape_buckets(counts: dict[tuple[int, int], int], max_shapes: int = EVAL_SHA
     _, i, j, merged = best
     groups = [g for k, g in enumerate(groups) if k not in (i, j)] + [merged]
   return {member: shape for members, shape, _ in groups for member in members}
+
+
+def shape_plan(counts: dict[tuple[int, int], int], max_shapes: int = EVAL_SHAPES
+               ) -> tuple[dict[tuple[int, int], tuple[int, int]], set[tuple[int, int]]]:
+  """``(plan, masked)``: :func:`shape_buckets` of ``counts``, and the shapes that hold
+  other sizes than their own, which run with ``valid_hw`` (:func:`predict_in_shape`)."""
+  plan = shape_buckets(counts, max_shapes)
+  return plan, {shape for size, shape in plan.items() if size != shape}
+
+
+def predict_in_shape(predict, params, model_state, images, shape: tuple[int, int],
+                     masked: bool):
+  """``predict``'s logits for ``images`` ((1, H, W, 1) each, H and W at most ``shape``'s)
+  zero-padded into one batch of ``shape``; with ``masked`` the model is told each image's
+  own size (``valid_hw`` and its host-made ``valid_masks``), so each one's logits equal
+  those of the image alone to float rounding."""
+  h, w = shape
+  batch = np.zeros((len(images), h, w, 1), np.float32)
+  for j, image in enumerate(images):
+    batch[j, :image.shape[1], :image.shape[2]] = image[0]
+  if not masked:
+    return predict(params, model_state, batch)
+  valid = np.array([image.shape[1:3] for image in images], np.int32)
+  return predict(params, model_state, batch, valid, model_lib.valid_masks(valid, h, w))
 
 
 _SIZE_COUNTS = weakref.WeakKeyDictionary()  # source -> {(len, multiple): counts}
@@ -336,15 +365,14 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   counts = _padded_size_counts(source, multiple)
-  plan = shape_buckets(counts, max_shapes)
-  members: dict[tuple, set] = {}
+  plan, masked = shape_plan(counts, max_shapes)
+  group_count: dict[tuple, int] = {}
   for size, shape in plan.items():
-    members.setdefault(shape, set()).add(size)
+    group_count[shape] = group_count.get(shape, 0) + counts[size]
   # A group with fewer images than a batch runs one image at a time: the batch-1 program
   # then serves every such group of that shape, in every split (validation and test).
-  group_batch = {shape: batch_size if sum(counts[m] for m in sizes) >= batch_size else 1
-                 for shape, sizes in members.items()}
-  masked = {shape for shape, sizes in members.items() if sizes != {shape}}
+  group_batch = {shape: batch_size if n >= batch_size else 1
+                 for shape, n in group_count.items()}
 
   acc = metrics_lib.MetricAccumulator()
   done: dict[int, metrics_lib.MetricAccumulator] = {}
@@ -366,16 +394,8 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
 
   def dispatch(shape: tuple, group: list[dict]) -> None:
     fill = [group[-1]] * (group_batch[shape] - len(group))
-    h, w = shape
-    images = np.zeros((len(group) + len(fill), h, w, 1), np.float32)
-    for j, ex in enumerate(group + fill):
-      images[j, :ex['image'].shape[1], :ex['image'].shape[2]] = ex['image'][0]
-    if shape in masked:
-      valid = np.array([ex['image'].shape[1:3] for ex in group + fill], np.int32)
-      logits = predict(params, model_state, images, valid,
-                       model_lib.valid_masks(valid, h, w))
-    else:
-      logits = predict(params, model_state, images)
+    logits = predict_in_shape(predict, params, model_state,
+                              [ex['image'] for ex in group + fill], shape, shape in masked)
     in_flight.append((group, pool.submit(score, group, logits)))
     while len(in_flight) > 2 * threads:
       collect_oldest()
