@@ -2,7 +2,7 @@
 
 No download: 600 images of 128x128 (realistic clutter, 1-4 small targets each) are
 generated from ``data.split_seed`` on first use, split 8:2 at random, and 20 % of the
-training split is held out for validation. About 7 minutes on a 2-core CPU.
+training split is held out for validation. About 5 minutes on a 2-core CPU.
 
     python -m limijax.main --config=configs/synthetic.py   # writes workdirs/synthetic
 

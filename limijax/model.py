@@ -206,7 +206,7 @@ class _Valid:
   (:func:`valid_masks`, made on the host), else made here from ``valid_hw``. XLA folds a
   mask made here into every fusion that reads it, index arithmetic and all: on a 2-core
   CPU, at batch 1 and 288x288, the model took 1.2-1.5x its time without ``valid_hw``
-  with masks made here, 1.2-1.3x with masks given (BENCHMARKS.md, 2026-11-28)."""
+  with masks made here, 1.2-1.3x with masks given (BENCHMARKS.md, 2026-11-27, late night)."""
 
   def __init__(self, valid_hw: jax.Array, full_h: int, masks=None):
     self.valid_hw, self.full_h, self.masks = valid_hw, full_h, {}

@@ -46,6 +46,7 @@ import weakref
 from absl import logging
 import jax
 import jax.numpy as jnp
+from jax import lax
 import ml_collections
 import numpy as np
 import optax
@@ -235,15 +236,45 @@ def _make_train_step(model, tx, schedule, frozen_loss: tuple, num_seeds: int, se
   return jax.jit(step, donate_argnums=0)
 
 
+# On a CPU, inference runs a batch through the model this many images at a time, one
+# group after another (``lax.map``). Each layer's tensors then stay small enough for the
+# caches: on a 2-core CPU a batch of 16 at 256x256 took 0.75-0.87x the time of the whole
+# batch at once (groups of 2: 0.86-0.89x; 8: 0.85-0.91x). A GPU runs the whole batch.
+INFER_CHUNK = 4
+
+
+def infer_chunk(batch: int, backend: str | None = None) -> int:
+  """How many images of a batch of ``batch`` run through the model together: on a CPU
+  the largest divisor of ``batch`` up to :data:`INFER_CHUNK` (so every group has the
+  same shape and the model is compiled once), elsewhere the whole batch."""
+  if (backend or jax.default_backend()) != 'cpu' or batch <= INFER_CHUNK:
+    return batch
+  return max(d for d in range(1, INFER_CHUNK + 1) if batch % d == 0)
+
+
 def new_predict(model):
   """A new jitted inference ``(params, model_state, image[, valid_hw, valid_masks]) ->
   logits``, with compilations of its own. ``valid_hw`` ((N, 2) int32): each image's own
   size inside a batch padded beyond it, ``valid_masks`` its
-  :func:`limijax.model.valid_masks` (:meth:`limijax.model.LimiNet.__call__`)."""
+  :func:`limijax.model.valid_masks` (:meth:`limijax.model.LimiNet.__call__`). On a CPU
+  the batch runs :func:`infer_chunk` images at a time; each image's logits are those of
+  the whole batch at once to float rounding (the model treats every image alone)."""
   @jax.jit
   def predict(params, model_state, image, valid_hw=None, valid_masks=None):
-    return model.apply({'params': params, **model_state}, image, train=False,
-                       valid_hw=valid_hw, valid_masks=valid_masks)
+    variables = {'params': params, **model_state}
+
+    def run(args):
+      x, hw, masks = args
+      return model.apply(variables, x, train=False, valid_hw=hw, valid_masks=masks)
+
+    n = image.shape[0]
+    k = infer_chunk(n)
+    if k == n:
+      return run((image, valid_hw, valid_masks))
+    groups = jax.tree.map(lambda a: a.reshape((n // k, k) + a.shape[1:]),
+                          (image, valid_hw, valid_masks))
+    out = lax.map(run, groups)
+    return out.reshape((n,) + out.shape[2:])
   return predict
 
 

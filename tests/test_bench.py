@@ -1,6 +1,6 @@
 """limijax.bench: the torch training loss is the JAX loss (what makes the training rows
-comparable), the bookkeeping of rows, loop windows and the evaluated split, and one
-small run of the command checked against the JSON schema. Speed is never asserted:
+comparable), the bookkeeping of rows, loop windows and the evaluated split, and two
+small runs of the command checked against the JSON schema. Speed is never asserted:
 it lives in BENCHMARKS.md."""
 
 import json
@@ -22,6 +22,7 @@ from limijax import losses
 from limijax import model as model_lib
 from limijax import torch_convert
 from limijax import torch_twin
+from limijax import train
 from limijax.data import splits
 
 
@@ -194,6 +195,30 @@ def test_cli_json_rows_on_small_inputs():
   assert out['peak']['peak'] > 0 and out['settings']['only'] == ['infer', 'pipeline']
   assert 'infer_b1_32: JAX takes' in proc.stdout
   assert out['summary']['jax_over_best_torch']['infer_b1_64'] == by['infer_b1_64']['ratio']
+
+
+def test_cli_eval_row_compiles_a_handful_of_shapes_against_one_per_size():
+  # The split has 20 images of 10 padded sizes: evaluate_source compiles one program per
+  # shape it groups them into (train.EVAL_SHAPES), the per-image loop one per size.
+  command = [sys.executable, '-m', 'limijax.bench', '--json', '--only=eval',
+             '--image_size=32', '--repeats=1', '--no_torch_compile']
+  proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  (row,) = out['rows']
+  assert row['name'] == 'eval_sizes10' and row['images'] == 20 and row['padded_shapes'] == 10
+  assert row['compilations'] == train.EVAL_SHAPES == 4
+  assert row['per_image_loop']['compilations'] == 10
+  assert row['first_pass_s'] > 0 and row['per_image_loop']['first_pass_s'] > 0
+  assert row['images_per_s'] == pytest.approx(1e3 / row['jax_ms'])
+  loop = row['per_image_loop']
+  assert loop['images_per_s'] == pytest.approx(1e3 / loop['ms'])
+  assert row['torch_eager_ms'] > 0 and row['onnxruntime_ms'] > 0
+  assert row['torch_compile_ms'] is None  # --no_torch_compile
+  assert out['summary']['eval'] == {
+      'compilations': 4, 'images_per_s': row['images_per_s'],
+      'per_image_loop_compilations': 10, 'per_image_loop_images_per_s': loop['images_per_s']}
+  assert '4 compilations' in proc.stdout and '10 compilations' in proc.stdout
 
 
 def test_cli_bad_flag_is_one_line_exit_2():

@@ -179,3 +179,27 @@ def test_sizes_of_a_source_are_read_once_and_kept_for_the_next_evaluation():
   second = train.evaluate_source(*args, progress=False)
   assert source.reads == 3 * len(recs)  # the images only
   assert first == second == _one_at_a_time(recs, 60.0, 40.0, 3.5)
+
+
+def test_inference_runs_a_cpu_batch_in_groups_of_up_to_infer_chunk_images():
+  assert train.INFER_CHUNK == 4
+  assert [train.infer_chunk(n, 'cpu') for n in (1, 3, 4, 7, 10, 16)] == [1, 3, 4, 1, 2, 4]
+  assert train.infer_chunk(16, 'gpu') == 16  # a GPU runs the whole batch
+  model = model_lib.from_config(base_config())
+  variables = model_lib.init(model, jax.random.PRNGKey(2))
+  params, model_state = train.split_variables(variables)
+  predict = train.new_predict(model)
+  whole = jax.jit(lambda x, hw=None, masks=None: model.apply(variables, x, valid_hw=hw,
+                                                             valid_masks=masks))
+  rng = np.random.default_rng(4)
+  for n in (10, 3):  # 5 groups of 2, one after another; 3 images at once
+    x = rng.standard_normal((n, 32, 48, 1)).astype(np.float32)
+    assert ('scan' in str(jax.make_jaxpr(predict)(params, model_state, x))) == (n == 10)
+    out = np.asarray(predict(params, model_state, x))
+    np.testing.assert_allclose(out, whole(x), atol=1e-5, rtol=0)
+    assert np.abs(out).max() > 0.1  # not trivially equal
+    # With each image's own size (a padded batch), as evaluation runs it.
+    hw = np.array([(32 - 16 * (i % 2), 48 - 16 * (i % 3)) for i in range(n)], np.int32)
+    masks = model_lib.valid_masks(hw, 32, 48)
+    np.testing.assert_allclose(predict(params, model_state, x, hw, masks),
+                               whole(x, hw, masks), atol=1e-5, rtol=0)
