@@ -231,7 +231,7 @@ class _Valid:
 def valid_masks(valid_hw, height: int, width: int) -> tuple[np.ndarray, ...]:
   """The masks of :class:`LimiNet`'s ``valid_masks`` for a batch of shape (N, ``height``,
   ``width``, C), made on the host: float32 (N, height / s, width / s, 1) for the
-  resolutions s = 1, 2, 4, 8, 16, 1 inside each image's valid part and 0 beyond."""
+  resolutions s = 1, 2, 4, 8, 16: 1 inside each image's valid part and 0 beyond."""
   valid_hw = np.asarray(valid_hw, np.int64)
   out = []
   for s in (1, 2, 4, 8, 16):

@@ -18,6 +18,7 @@ normalised as its metadata says (:mod:`limijax.onnx_model`); that path never imp
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Sequence
 
@@ -245,10 +246,7 @@ def _jax_segmenter(workdir: str, sizes: Sequence[tuple[int, int]] = ()):
   from limijax import input_pipeline, train  # pylint: disable=g-import-not-at-top
   trained = train.load_run(workdir)
   predict = train.make_predict(trained.model)
-  counts: dict[tuple[int, int], int] = {}
-  for h, w in sizes:
-    padded_hw = input_pipeline.padded_hw(h, w, 16)
-    counts[padded_hw] = counts.get(padded_hw, 0) + 1
+  counts = collections.Counter(input_pipeline.padded_hw(h, w, 16) for h, w in sizes)
   plan, masked = train.shape_plan(counts, train.EVAL_SHAPES) if counts else ({}, set())
 
   def segment(image):

@@ -29,6 +29,7 @@ earlier steps run.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -359,15 +360,13 @@ def _padded_size_counts(source, multiple: int) -> dict[tuple[int, int], int]:
     return dict(_SIZE_COUNTS[source][key])
   except (KeyError, TypeError):
     pass
-  counts: dict[tuple[int, int], int] = {}
-  for i in range(len(source)):
-    h, w = input_pipeline.padded_size(source[i], multiple)
-    counts[(h, w)] = counts.get((h, w), 0) + 1
+  counts = collections.Counter(input_pipeline.padded_size(source[i], multiple)
+                               for i in range(len(source)))
   try:
     _SIZE_COUNTS.setdefault(source, {})[key] = dict(counts)
   except TypeError:  # not weakly referable (a list): measured again next time
     pass
-  return counts
+  return dict(counts)
 
 
 def evaluate_source(predict, params, model_state, source, mean: float, std: float,
@@ -397,9 +396,9 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   counts = _padded_size_counts(source, multiple)
   plan, masked = shape_plan(counts, max_shapes)
-  group_count: dict[tuple, int] = {}
+  group_count = collections.Counter()
   for size, shape in plan.items():
-    group_count[shape] = group_count.get(shape, 0) + counts[size]
+    group_count[shape] += counts[size]
   # A group with fewer images than a batch runs one image at a time: the batch-1 program
   # then serves every such group of that shape, in every split (validation and test).
   group_batch = {shape: batch_size if n >= batch_size else 1
