@@ -194,6 +194,42 @@ def spatial_sums(x: jax.Array) -> jax.Array:
   return lax.reduce_sum(rows.reshape(n, lanes // c, c), (1,))
 
 
+_H_FIRST_BACKENDS = ('cpu',)  # where broadcast_hw's gradient sums over H first
+
+
+def broadcast_hw(v: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """``v`` ((N, C), one row per image, or (C,) for all) broadcast over H and W of the NHWC
+  ``shape``: the values of ``v[:, None, None, :]`` (or ``v``) broadcast; only the
+  gradient is written differently. Autodiff's gradient of a broadcast is one sum over
+  (H, W) (and N), which XLA:CPU runs as a windowed reduction on one thread with the few
+  channels innermost: the GroupNorm and ECA gradients of a training step (batch 10,
+  256x256) took 179 of its 874 ms of operations on a 2-core CPU. On a CPU the gradient
+  here sums over H first, rows of W x C contiguous values, then over W (and N), the two
+  sums kept apart by an optimisation barrier so that XLA does not fold them back into
+  one: 85 ms (BENCHMARKS.md, 2026-11-28). Other backends keep autodiff's one sum. The
+  additions run in another order, so gradients differ from autodiff's in the last bits."""
+  return _broadcast_hw(v, tuple(shape), v.ndim == 2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _broadcast_hw(v, shape, per_image):
+  return jnp.broadcast_to(v[:, None, None, :] if per_image else v, shape)
+
+
+def _broadcast_hw_fwd(v, shape, per_image):
+  return _broadcast_hw(v, shape, per_image), None
+
+
+def _broadcast_hw_bwd(shape, per_image, _, g):
+  if jax.default_backend() not in _H_FIRST_BACKENDS:
+    return (jnp.sum(g, axis=(1, 2) if per_image else (0, 1, 2)),)
+  rows = lax.optimization_barrier(jnp.sum(g, axis=1))  # (N, W, C)
+  return (jnp.sum(rows, axis=1 if per_image else (0, 1)),)
+
+
+_broadcast_hw.defvjp(_broadcast_hw_fwd, _broadcast_hw_bwd)
+
+
 # The valid region of a batch padded beyond its images' own sizes (evaluation in shared
 # shapes, :func:`limijax.train.evaluate_source`), while :meth:`LimiNet.__call__` runs with
 # ``valid_hw``: a :class:`_Valid`; None otherwise.
@@ -289,7 +325,8 @@ class GroupNorm(nn.Module):
   (tests/test_model.py); written out also because the general module takes about a third
   of the time of tracing the model. (A hand-written gradient with the same sums made the
   training step slower on a CPU, 978 against 779 ms: XLA then copied the gradients into
-  other layouts.)
+  other layouts.) The per-channel mean, scale and bias reach the image through
+  :func:`broadcast_hw`, whose gradient XLA:CPU sums faster than autodiff's.
 
   In a call with ``valid_hw`` the input must be 0 beyond each image's valid part (every
   convolution's output is made so, :func:`zero_invalid`): the sums then need no mask
@@ -313,9 +350,11 @@ class GroupNorm(nn.Module):
     mean = lax.reduce_sum(spatial_sums(x).reshape(n, g, c // g), (2,)) / count
     mean2 = lax.reduce_sum(spatial_sums(lax.square(x)).reshape(n, g, c // g), (2,)) / count
     var = jnp.maximum(0.0, mean2 - lax.square(mean))
-    mean = jnp.repeat(mean, c // g, axis=-1)[:, None, None, :]
-    var = jnp.repeat(var, c // g, axis=-1)[:, None, None, :]
-    y = (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+    mean = jnp.repeat(mean, c // g, axis=-1)  # (N, C)
+    var = jnp.repeat(var, c // g, axis=-1)
+    y = ((x - broadcast_hw(mean, x.shape))
+         * broadcast_hw(lax.rsqrt(var + self.epsilon) * scale, x.shape)
+         + broadcast_hw(bias, x.shape))
     return y if mask is None else y * mask
 
 
@@ -505,7 +544,7 @@ class ECA(nn.Module):
     yp = jnp.pad(y, ((0, 0), (k // 2, k // 2)))
     # 1-D cross-correlation over the channel axis, as torch Conv1d(1, 1, k, padding=k//2).
     z = sum(kernel[i] * yp[:, i:i + c] for i in range(k))
-    return x * jax.nn.sigmoid(z)[:, None, None, :]
+    return x * broadcast_hw(jax.nn.sigmoid(z), x.shape)
 
 
 class SES(nn.Module):

@@ -114,13 +114,17 @@ def test_num_seeds_gives_each_seed_its_single_run(data_dir, tmp_path, two_seeds,
                                      progress=False)
   # The same arithmetic rounded differently (vmapped, the shift depthwise form of
   # TWO_SEEDS and 1x1 convolutions as matrix products, against the single runs' grouped
-  # form): metrics equal to 1e-2, false alarms to two pixels, the same best epochs.
+  # form): mIoU and nIoU equal to 1e-2, Pd to one target, false alarms to two pixels, the
+  # same best epochs.
   for run, single in zip(results['runs'], (single0, reference_run[1])):
     assert run['workdir'] == os.path.join(workdir, f'seed_{run["seed"]}')
     assert run['best_epoch'] == single['best_epoch']
     for split in ('val', 'test'):
-      for key in ('miou', 'niou', 'pd'):
+      for key in ('miou', 'niou'):
         assert run[split][key] == pytest.approx(single[split][key], abs=1e-2), (split, key)
+      assert run[split]['num_targets'] == single[split]['num_targets']
+      matched = [m[split]['num_matched_targets'] for m in (run, single)]
+      assert abs(matched[0] - matched[1]) <= 1, (split, matched)
       pixels = [m[split]['num_false_alarm_pixels'] for m in (run, single)]
       assert abs(pixels[0] - pixels[1]) <= 2, (split, pixels)
     # Each seed's folder is a run of its own: its config is the single run's.
