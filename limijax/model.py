@@ -203,11 +203,12 @@ def broadcast_hw(v: jax.Array, shape: Sequence[int]) -> jax.Array:
   gradient is written differently. Autodiff's gradient of a broadcast is one sum over
   (H, W) (and N), which XLA:CPU runs as a windowed reduction on one thread with the few
   channels innermost: such reductions, mostly GroupNorm's and ECA's gradients, took 179
-  of the 874 ms of operations of a training step (batch 10, 256x256) on a 2-core CPU. On a CPU the gradient
-  here sums over H first, rows of W x C contiguous values, then over W (and N), the two
-  sums kept apart by an optimisation barrier so that XLA does not fold them back into
-  one: 85 ms (BENCHMARKS.md, 2026-11-28). Other backends keep autodiff's one sum. The
-  additions run in another order, so gradients differ from autodiff's in the last bits."""
+  of the 874 ms of operations of a training step (batch 10, 256x256) on a 2-core CPU.
+  On a CPU the gradient here sums over H first, rows of W x C contiguous values, then
+  over W (and N), the two sums kept apart by an optimisation barrier so that XLA does
+  not fold them back into one: 85 ms (BENCHMARKS.md, 2026-11-28). Other backends keep
+  autodiff's one sum. The additions run in another order, so gradients differ from
+  autodiff's in the last bits."""
   return _broadcast_hw(v, tuple(shape), v.ndim == 2)
 
 
