@@ -15,7 +15,13 @@ METRICS and for ``best_epoch``, ``mean ± std``, min, max and n. ``std`` is the 
 standard deviation (``ddof=1``); with a single run it is undefined, so the cell holds the
 mean alone and the JSON has ``"std": null``. A ``null`` value (``pd`` of a test set without
 targets) is left out of that key's n, mean and spread. ``ROOT/aggregate.png`` gets every
-seed's validation mIoU curve (from the ``val`` events of ``metrics.jsonl``). The last
+seed's validation mIoU curve (from the ``val`` events of ``metrics.jsonl``). When every
+run was trained with ``track_test`` (test scored at every validation, never used to
+choose), a second table gives the test metrics under both protocols: *val-selected*
+(the best validation epoch, tested once: what limijax reports) and *best test epoch*
+(the epoch with the best test mIoU: what most published tables report); the JSON has
+them as ``best_test_epoch: {"epoch": stats, "test": {key: stats}}`` (null otherwise).
+``seed`` and ``track_test`` may differ between runs; any other key may not. The last
 stdout line is always one JSON object: ``{"root", "n", "runs", "seeds", "skipped",
 "best_epoch", "test": {key: {"mean", "std", "min", "max", "n"}}, "val": {...}, "params",
 "config"}`` with ``config`` the shared config without ``seed``. ``--json`` is accepted and
@@ -141,9 +147,14 @@ def _numeric_keys(dicts: list[dict]) -> list[str]:
   return [k for k in HEADLINE if k in keys] + [k for k in keys if k not in HEADLINE]
 
 
+# Keys that may differ between the seeds of one config: they change what is recorded,
+# not what is trained.
+NOT_THE_EXPERIMENT = ('seed', 'track_test')
+
+
 def _check_one_config(runs: list[dict], root: str) -> dict:
   def strip(config):
-    return {k: v for k, v in config.items() if k != 'seed'}
+    return {k: v for k, v in config.items() if k not in NOT_THE_EXPERIMENT}
 
   first = strip(runs[0]['config'])
   for r in runs[1:]:
@@ -173,6 +184,14 @@ def collect(root: str) -> dict:
   tests = [r['results']['test'] for r in runs]
   vals = [r['results'].get('val') or {} for r in runs]
   params = [r['results'].get('params') for r in runs]
+  tracked = [r['results'].get('best_test_epoch') for r in runs]
+  best_test = None
+  if all(tracked):  # every run scored test at each validation (track_test)
+    best_test = {
+        'epoch': stats(t['epoch'] for t in tracked),
+        'test': {k: stats(t['test'].get(k) for t in tracked)
+                 for k in _numeric_keys([t['test'] for t in tracked])},
+    }
   return {
       'root': root,
       'n': len(runs),
@@ -182,6 +201,8 @@ def collect(root: str) -> dict:
       'best_epoch': stats(r['results'].get('best_epoch') for r in runs),
       'test': {k: stats(t.get(k) for t in tests) for k in _numeric_keys(tests)},
       'val': {k: stats(v.get(k) for v in vals) for k in _numeric_keys(vals)},
+      'best_test_epoch': best_test,
+      'untracked': [r['path'] for r, t in zip(runs, tracked) if not t],
       'params': params[0] if len(set(params)) == 1 else stats(params),
       'config': config,
       '_runs': runs,
@@ -230,12 +251,41 @@ def markdown_table(agg: dict) -> str:
   return '\n'.join(rows)
 
 
+PROTOCOLS = (
+    ('val-selected: best validation mIoU, tested once (limijax)', 'val'),
+    ('best test epoch: chosen on test, as most papers report', 'test'),
+)
+
+
+def protocols_table(agg: dict) -> str | None:
+  """Test metrics under both protocols side by side, percentages as papers print them;
+  None unless every run tracked its test split (``track_test``)."""
+  if agg['best_test_epoch'] is None:
+    return None
+  rows = ['| protocol | mIoU (%) | nIoU (%) | Pd (%) | Fa (x1e-6) | epoch | n |',
+          '|---|---|---|---|---|---|---|']
+  for label, which in PROTOCOLS:
+    test, epoch = ((agg['test'], agg['best_epoch']) if which == 'val' else
+                   (agg['best_test_epoch']['test'], agg['best_test_epoch']['epoch']))
+    cells = [mean_std(test.get(k, stats([])), '.2f', scale, agg['n'])
+             for k, scale in (('miou', 100), ('niou', 100), ('pd', 100), ('fa_e6', 1))]
+    rows.append(f'| {label} | {" | ".join(cells)} | {mean_std(epoch, ".1f")} | {agg["n"]} |')
+  return '\n'.join(rows)
+
+
 def runs_table(agg: dict) -> str:
-  rows = ['| run | seed | best epoch | test |', '|---|---|---|---|']
+  tracked = agg['best_test_epoch'] is not None
+  rows = ['| run | seed | best epoch | test |' + (' best test epoch | its test |' * tracked),
+          '|---|---|---|---|' + '---|---|' * tracked]
+  keys = ('miou', 'niou', 'pd', 'fa_e6')
   for r in agg['_runs']:
     t = r['results']['test']
-    line = format_metrics({k: t.get(k) for k in ('miou', 'niou', 'pd', 'fa_e6')})
-    rows.append(f'| {r["path"]} | {r["seed"]} | {r["results"].get("best_epoch")} | {line} |')
+    line = format_metrics({k: t.get(k) for k in keys})
+    row = f'| {r["path"]} | {r["seed"]} | {r["results"].get("best_epoch")} | {line} |'
+    if tracked:
+      b = r['results']['best_test_epoch']
+      row += f' {b["epoch"]} | {format_metrics({k: b["test"].get(k) for k in keys})} |'
+    rows.append(row)
   return '\n'.join(rows)
 
 
@@ -289,6 +339,16 @@ def aggregate_main(root: str) -> dict:
   print()
   print(markdown_table(agg))
   print()
+  both = protocols_table(agg)
+  if both:
+    print('Test metrics under the two protocols (mean ± std over seeds):')
+    print()
+    print(both)
+    print()
+  elif agg['untracked'] and len(agg['untracked']) < agg['n']:
+    print(f'best test epoch not reported: {len(agg["untracked"])} run(s) without '
+          f'track_test, e.g. {agg["untracked"][0]}')
+    print()
   print('std: sample standard deviation (n - 1), the mean alone when n = 1; a null value '
         '(pd of a test set without targets) is left out of its n.')
   plot = os.path.join(root, PLOT_NAME)

@@ -21,6 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
   d.root = ''  # dataset folder on disk (layout detected); configs set datasets/<its folder>
   d.data_dir = ''  # where prepared (TFDS array_record) data goes; '' = ~/.cache/limijax/tfds
   d.split = 'standard'  # standard (the dataset's split files) | random (paper's 8:2)
+  d.split_dir = ''  # a folder of split lists (trainval.txt or train.txt, test.txt) to use
+  # instead of the layout's own, e.g. NUAA-SIRST's 50:50 split; standard split only
   d.split_seed = 0  # seeds the random split and the validation hold-out; not `seed`
   d.test_fraction = 0.2  # random split only
   d.val_fraction = 0.2  # share of the training split held out for validation
@@ -73,6 +75,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1
   c.eval_batch_size = 16  # images of one shape scored together (results unchanged)
   c.log_every_steps = 10
+  # Also score the test split at every validation (test_track events in metrics.jsonl)
+  # and write the epoch with the best test mIoU to results.json as best_test_epoch: the
+  # protocol of most published tables. Never used to choose anything; costs one test
+  # pass per validation.
+  c.track_test = False
   c.tophat_baseline = True  # also score a white top-hat on the test images (the floor)
   return c
 
@@ -110,6 +117,9 @@ def _check_run_keys(config) -> None:
               'log_every_steps', 'cosine_period_epochs'):
     if not (_int(config[key]) and config[key] > 0):
       raise ConfigError(key, f'must be a positive integer, got {config[key]!r}')
+  for key in ('track_test', 'tophat_baseline'):
+    if not isinstance(config[key], bool):
+      raise ConfigError(key, f'must be True or False, got {config[key]!r}')
   if not _int(config.seed):
     raise ConfigError('seed', f'must be an integer, got {config.seed!r}')
   if not config.learning_rate > 0:
@@ -132,6 +142,14 @@ def _check_data_keys(d) -> None:
   for key, allowed in (('name', data.NAMES), ('split', data.SPLITS)):
     if d[key] not in allowed:
       raise ConfigError(f'data.{key}', f'must be one of {", ".join(allowed)}; got {d[key]!r}')
+  if not isinstance(d.split_dir, str):
+    raise ConfigError('data.split_dir', f'must be a folder name, got {d.split_dir!r}')
+  if d.split_dir and d.name == 'synthetic':
+    raise ConfigError('data.split_dir', 'the synthetic dataset has no split lists; leave it '
+                      'empty')
+  if d.split_dir and d.split != 'standard':
+    raise ConfigError('data.split_dir', f'split lists need data.split=standard, got '
+                      f'{d.split!r}')
   if not (_int(d.split_seed) and d.split_seed >= 0):
     raise ConfigError('data.split_seed', f'must be an integer >= 0, got {d.split_seed!r}')
   for key in ('val_fraction', 'test_fraction'):

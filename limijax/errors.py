@@ -8,6 +8,8 @@ on stderr and exits with status 2.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -31,12 +33,31 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
+class QuietLibraries(logging.Filter):
+  """Keeps other libraries' INFO lines (TFDS loading its dataset info, Orbax's per-save
+  chatter) and TFDS's advice to install OpenCV out of a command's output: below WARNING
+  only limijax's own lines pass. Every command installs it on absl's handler
+  (:func:`cli_main`); ``python -m limijax.main --library_logs`` removes it."""
+
+  _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+      return not str(record.msg).startswith('OpenCV is not installed')
+    return os.path.abspath(record.pathname).startswith(self._PACKAGE)
+
+
+QUIET_LIBRARIES = QuietLibraries()
+
+
 def cli_main(main: Callable[[Sequence[str]], object],
              positional: bool = False) -> Callable[[Sequence[str]], object]:
   """Wrap an ``absl.app`` main so a UserError ends as one line and exit status 2. Unless
   the command takes ``positional`` arguments, any left after the flags is refused."""
 
   def wrapped(argv: Sequence[str]):
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    absl_logging.get_absl_handler().addFilter(QUIET_LIBRARIES)
     try:
       if not positional and len(argv) > 1:
         raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')

@@ -80,12 +80,14 @@ def _pick_target_pixel(mask: np.ndarray, rng: np.random.Generator):
 
 def random_crop(image: np.ndarray, mask: np.ndarray, size: int,
                 rng: np.random.Generator, *, crop_target_prob: float,
-                pad_value: float) -> tuple[np.ndarray, np.ndarray]:
+                pad_value: float, with_valid: bool = False):
   """A (size, size) float32 crop of `image` and uint8 crop of `mask`.
 
   With probability `crop_target_prob` (and if the mask has a target) the crop contains
   a pixel of a randomly chosen target. A side shorter than `size` is padded with
-  `pad_value` (mask 0), the image at a random offset on the canvas.
+  `pad_value` (mask 0), the image at a random offset on the canvas. With `with_valid`
+  a third value says where the image's own pixels are: None when the crop lies wholly
+  inside the image, else a bool (size, size) plane, False on the padding.
   """
   h, w = image.shape
   # Canvas: the image, padded to at least `size`; (oy, ox) is the image's offset on it.
@@ -105,31 +107,35 @@ def random_crop(image: np.ndarray, mask: np.ndarray, size: int,
   sy0, sx0 = max(iy0, 0), max(ix0, 0)
   sy1, sx1 = min(iy0 + size, h), min(ix0 + size, w)
   if (sy0, sx0, sy1, sx1) == (iy0, ix0, iy0 + size, ix0 + size):
-    return (image[sy0:sy1, sx0:sx1].astype(np.float32),
-            mask[sy0:sy1, sx0:sx1].astype(np.uint8))
+    out = (image[sy0:sy1, sx0:sx1].astype(np.float32), mask[sy0:sy1, sx0:sx1].astype(np.uint8))
+    return (*out, None) if with_valid else out
   out_image = np.full((size, size), pad_value, np.float32)
   out_mask = np.zeros((size, size), np.uint8)
+  valid = np.zeros((size, size), bool)
   dy, dx = sy0 - iy0, sx0 - ix0
-  out_image[dy:dy + sy1 - sy0, dx:dx + sx1 - sx0] = image[sy0:sy1, sx0:sx1]
-  out_mask[dy:dy + sy1 - sy0, dx:dx + sx1 - sx0] = mask[sy0:sy1, sx0:sx1]
-  return out_image, out_mask
+  inside = np.s_[dy:dy + sy1 - sy0, dx:dx + sx1 - sx0]
+  out_image[inside] = image[sy0:sy1, sx0:sx1]
+  out_mask[inside] = mask[sy0:sy1, sx0:sx1]
+  valid[inside] = True
+  return (out_image, out_mask, valid) if with_valid else (out_image, out_mask)
 
 
-def random_flips(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
-  """Horizontal flip, vertical flip and transpose, each with probability 0.5."""
+def random_flips(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                 *more: np.ndarray | None):
+  """Horizontal flip, vertical flip and transpose, each with probability 0.5; planes in
+  ``more`` (None stays None) get the same flips and are returned after image and mask."""
   flips = rng.random(3) < 0.5
-  if flips[0]:
-    image, mask = image[:, ::-1], mask[:, ::-1]
-  if flips[1]:
-    image, mask = image[::-1], mask[::-1]
-  if flips[2]:
-    image, mask = image.T, mask.T
-  return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+  planes = [image, mask, *more]
+  for flip, op in zip(flips, (lambda p: p[:, ::-1], lambda p: p[::-1], lambda p: p.T)):
+    if flip:
+      planes = [None if p is None else op(p) for p in planes]
+  return tuple(None if p is None else np.ascontiguousarray(p) for p in planes)
 
 
 class CropAndFlip(grain.transforms.RandomMap):
   """Random (target-seeking) crop, then (with ``flips``) flips and transpose; keeps image
-  and mask only. ``flips=False`` (``data.flips``) is for a strict replication of the
+  and mask, and a ``valid`` plane (False on the padding) when the crop reaches past the
+  image. ``flips=False`` (``data.flips``) is for a strict replication of the
   paper, which names no augmentation but ITS."""
 
   def __init__(self, size: int, crop_target_prob: float, pad_value: float,
@@ -140,12 +146,14 @@ class CropAndFlip(grain.transforms.RandomMap):
     self.pad_value = float(pad_value)
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-    image, mask = random_crop(
+    image, mask, valid = random_crop(
         _plane(element['image']), _plane(element['mask']), self.size, rng,
-        crop_target_prob=self.crop_target_prob, pad_value=self.pad_value)
+        crop_target_prob=self.crop_target_prob, pad_value=self.pad_value, with_valid=True)
     if self.flips:
-      image, mask = random_flips(image, mask, rng)
-    return {'image': image, 'mask': mask}
+      image, mask, valid = random_flips(image, mask, rng, valid)
+    if valid is None:
+      return {'image': image, 'mask': mask}
+    return {'image': image, 'mask': mask, 'valid': valid}  # ITS paints only where True
 
 
 class Normalise(grain.transforms.Map):

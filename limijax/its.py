@@ -176,8 +176,20 @@ def _place_one(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
   return True
 
 
+def image_box(valid: np.ndarray | None, shape: tuple[int, int]) -> tuple[slice, slice]:
+  """The rows and columns of the smallest box holding every True pixel of ``valid`` (the
+  image's own pixels in a padded crop); the whole ``shape`` when ``valid`` is None."""
+  if valid is None:
+    return slice(0, shape[0]), slice(0, shape[1])
+  rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
+  if not rows.size:
+    return slice(0, 0), slice(0, 0)
+  return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def add_pseudo_targets(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-                       cfg: Any) -> tuple[np.ndarray, np.ndarray]:
+                       cfg: Any, valid: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
   """Add ITS pseudo targets (paper section 3.2) to one image.
 
   Args:
@@ -185,6 +197,10 @@ def add_pseudo_targets(image: np.ndarray, mask: np.ndarray, rng: np.random.Gener
     mask: (H, W) in {0, 1}; the real targets.
     rng: the only source of randomness.
     cfg: ITS settings, anything :meth:`ITSConfig.from_any` accepts.
+    valid: None, or bool (H, W), True on the image's own pixels: a crop of an image
+      smaller than the crop is padded, and pseudo targets (and the background they are
+      measured against) then stay inside the image's box, never on the padding. The
+      random draws are the same as for an unpadded crop of the box's size.
 
   Returns:
     (image, mask): float32 and uint8 arrays; new arrays when targets were added, the
@@ -195,8 +211,11 @@ def add_pseudo_targets(image: np.ndarray, mask: np.ndarray, rng: np.random.Gener
     return image, mask
   image = np.array(image, dtype=np.float32)
   mask = np.array(mask, dtype=np.uint8)
-  for _ in range(int(rng.integers(1, cfg.max_targets + 1))):
-    _place_one(image, mask, rng, cfg)
+  box = image_box(valid, image.shape)
+  count = int(rng.integers(1, cfg.max_targets + 1))
+  if image[box].size:
+    for _ in range(count):
+      _place_one(image[box], mask[box], rng, cfg)  # views: painted into image and mask
   return image, mask
 
 
@@ -209,5 +228,6 @@ class ITS(grain.transforms.RandomMap):
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     if not self.cfg.enabled:
       return element
-    image, mask = add_pseudo_targets(element['image'], element['mask'], rng, self.cfg)
+    image, mask = add_pseudo_targets(element['image'], element['mask'], rng, self.cfg,
+                                     valid=element.get('valid'))
     return {**element, 'image': image, 'mask': mask}

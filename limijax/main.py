@@ -14,7 +14,6 @@ README's "Several machines".
 from __future__ import annotations
 
 import json
-import logging as pylogging
 import os
 
 from absl import flags
@@ -34,6 +33,8 @@ def _define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Folder of this run (created if absent); default '
                       'workdirs/<config file stem>.')
   flags.DEFINE_bool('progress', True, 'Show progress bars.')
+  flags.DEFINE_bool('library_logs', False, 'Also show the INFO log lines of other libraries '
+                    '(TFDS, Orbax, ...); by default only their warnings and errors.')
   flags.DEFINE_bool('distributed', False, 'Join a multi-process run through '
                     'jax.distributed; implied by the three flags below. Alone, JAX reads '
                     'them from the cluster (SLURM, Open MPI).')
@@ -47,13 +48,6 @@ def _define_flags() -> None:
 def default_workdir(config_path: str) -> str:
   """``workdirs/<config file stem>``: ``configs/nudt.py`` -> ``workdirs/nudt``."""
   return os.path.join('workdirs', os.path.splitext(os.path.basename(config_path))[0])
-
-
-class _QuietLibraries(pylogging.Filter):
-  """Keep the checkpointing library's per-save INFO chatter out of the run's log."""
-
-  def filter(self, record):
-    return record.levelno >= pylogging.WARNING or '/orbax/' not in record.pathname
 
 
 def _enable_compilation_cache() -> None:
@@ -71,7 +65,9 @@ def main(argv):
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS['config']))
   print(f'workdir: {workdir}', flush=True)
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if FLAGS.library_logs:
+    from limijax.errors import QUIET_LIBRARIES  # pylint: disable=g-import-not-at-top
+    logging.get_absl_handler().removeFilter(QUIET_LIBRARIES)
   _enable_compilation_cache()
   from limijax import distributed  # pylint: disable=g-import-not-at-top
   if distributed.requested(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 from typing import Sequence
 
 from absl import flags
@@ -203,9 +204,14 @@ def predict_files(workdir: str | None, files: Sequence[str], out: str, progress:
   (an exported ``.onnx``) onnxruntime computes the masks and JAX is never imported."""
   masks = find_masks(files, mask_dir) if mask_dir else [None] * len(files)
   for path, mask_path in zip(files, masks):  # from the headers, before any prediction
-    if mask_path is not None and (image_io.image_size(path)
-                                  != image_io.image_size(mask_path, 'mask')):
-      raise UserError(f'size mismatch: mask {mask_path} and image {path} differ in size')
+    if mask_path is None:
+      continue
+    (iw, ih), (mw, mh) = image_io.image_size(path), image_io.image_size(mask_path, 'mask')
+    if (iw, ih) != (mw, mh):
+      line = image_io.mask_size_line(mask_path, (mh, mw), path, (ih, iw))
+      if not image_io.mask_fits((mh, mw), (ih, iw)):
+        raise UserError(line)
+      print(f'warning: {line}', file=sys.stderr, flush=True)
   if onnx_model is not None:
     from limijax import onnx_model as onnx_lib  # pylint: disable=g-import-not-at-top
     segment = onnx_lib.OnnxModel(onnx_model).segment
@@ -221,11 +227,7 @@ def predict_files(workdir: str | None, files: Sequence[str], out: str, progress:
     if mask_path is None:
       picture = overlay(image, mask)
     else:
-      gt = image_io.read_mask(mask_path).astype(bool)
-      if gt.shape != image.shape:
-        raise UserError(f'size mismatch: mask {mask_path} is {gt.shape[1]}x{gt.shape[0]} '
-                        f'but image {path} is {image.shape[1]}x{image.shape[0]} '
-                        '(width x height)')
+      gt = image_io.read_mask_for(mask_path, path, image.shape).astype(bool)
       picture = comparison(image, mask, gt)
     Image.fromarray(picture).save(os.path.join(out, f'{stem}_overlay.png'))
     written.append(stem)

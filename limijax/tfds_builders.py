@@ -39,13 +39,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 from typing import Any, Iterator, Sequence
 
+from absl import logging
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+from tqdm import tqdm
 
 # limijax.data imports this module, so this module imports nothing of limijax.data.
 from limijax import image_io
@@ -108,9 +111,12 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {SPLIT: self._generate_examples(os.fspath(dl_manager.manual_dir))}
 
   def _generate_examples(self, root: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    for id_, image_rel, mask_rel in self.builder_config.items:
-      image = image_io.read_image(os.path.join(root, image_rel))
-      mask = image_io.read_mask(os.path.join(root, mask_rel))
+    items = self.builder_config.items
+    for id_, image_rel, mask_rel in tqdm(items, desc=f'preparing {self.name}', unit='img',
+                                         leave=False):
+      image_path = os.path.join(root, image_rel)
+      image = image_io.read_image(image_path)
+      mask = image_io.read_mask_for(os.path.join(root, mask_rel), image_path, image.shape)
       # Image features cannot encode numpy arrays without TensorFlow: hand them PIL
       # images, already single-channel so the stored PNG matches the declared shape.
       yield id_, {
@@ -214,9 +220,18 @@ def prepare(*, name: str, root: str, config_name: str,
         data_dir=data_dir,
         config=FolderConfig(name=config_name, description=f'Prepared from {root}',
                             items=tuple(tuple(i) for i in items)))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=root),
-        file_format='array_record')
+    # TFDS's own bars and its closing print would interleave with ours: one bar (in
+    # _generate_examples) and one log line instead.
+    tfds.display_progress_bar(False)
+    try:
+      with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=root),
+            file_format='array_record')
+    finally:
+      tfds.display_progress_bar(True)
+    logging.info('prepared %d images of %s once, as TFDS data in %s (later runs read it)',
+                 len(items), root, out)
     meta = dict(meta, format=META_FORMAT)
     tmp = os.path.join(out, META_FILE + f'.tmp{os.getpid()}')
     with open(tmp, 'w') as f:

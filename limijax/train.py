@@ -698,6 +698,9 @@ def plot_curves(records: list[dict], path: str) -> None:
     points = [(r['epoch'], r[key]) for r in val if r.get(key) is not None]  # pd None: no target
     if points:
       ax2.plot(*zip(*points), marker='.', label=label)
+  tracked = [(r['epoch'], r['miou']) for r in records if r['event'] == 'test_track']
+  if tracked:  # track_test: shown, never used to choose
+    ax2.plot(*zip(*tracked), ls='--', lw=1, color='tab:gray', label='test mIoU')
   ax2.set(title='validation', xlabel='epoch', ylim=(0, 1))
   if val:
     ax2.legend(loc='lower right')
@@ -966,6 +969,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Read once, not every epoch: on a GPU, decoding the validation images again took
   # longer than evaluating them.
   val_set = [dataset.val[i] for i in range(len(dataset.val))]
+  # track_test: the test split scored at every validation too, only to report the best
+  # test epoch as most papers do (never used to choose anything).
+  test_set = [dataset.test[i] for i in range(len(dataset.test))] if config.track_test else None
   here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
   runs = []
@@ -979,7 +985,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     runs.append(_Run(seed=c.seed, workdir=d, config=c, latest=latest, best=best,
                      log=MetricsLog(d, enabled=primary), train_iter=train_iter,
                      meta={'epoch': 0, 'best_miou': -1.0, 'best_epoch': -1, 'mean': mean,
-                           'std': std, 'log_size': 0, 'wall_time': 0.0}))
+                           'std': std, 'log_size': 0, 'wall_time': 0.0, 'best_test': None}))
 
   step0 = _restore_step(runs)
   if step0 is not None:  # the shapes to restore into (tracing init costs seconds)
@@ -1152,6 +1158,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if val['miou'] > r.meta['best_miou']:
           r.meta.update(best_miou=val['miou'], best_epoch=done)
           save_best(r, k, done, val)
+        if test_set is not None:
+          test = evaluate_source(predict, s['params'], s['model_state'], test_set, mean, std,
+                                 desc='test', progress=progress,
+                                 batch_size=config.eval_batch_size)
+          r.log.write('test_track', step=step, epoch=done,
+                      wall_time=round(time.time() - r.wall0, 3), **test)
+          best_test = r.meta.get('best_test')
+          if best_test is None or test['miou'] > best_test['test']['miou']:
+            r.meta['best_test'] = {'epoch': done, 'test': test}
         if primary and time.time() - r.last_plot >= PLOT_EVERY_S:
           # Drawing costs ~0.3 s: redrawn at most every PLOT_EVERY_S, and after the test.
           plot_curves(r.log.read(), os.path.join(r.workdir, 'curves.png'))
@@ -1186,6 +1201,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         'normalisation': {'mean': mean, 'std': std},
         'dataset': {'name': dataset.name, 'layout': dataset.layout},
     }
+    if config.track_test and r.meta.get('best_test'):
+      # The epoch whose test mIoU was highest, as most papers report: chosen on test.
+      results['best_test_epoch'] = r.meta['best_test']
     r.log.write('test', step=step, epoch=best_meta['epoch'], **test)
     if primary:
       plot_curves(r.log.read(), os.path.join(r.workdir, 'curves.png'))

@@ -342,7 +342,7 @@ def test_load_errors_name_the_problem(tmp_path):
   mismatch = str(tmp_path / 'mismatch')
   make_layout(mismatch, 'folder')
   write(os.path.join(mismatch, 'masks', 'f04.bmp'), np.zeros((H + 2, W), np.uint8))
-  with pytest.raises(UserError, match=r'f04\.bmp: size'):
+  with pytest.raises(UserError, match=r'f04\.bmp is 20x18 for its 20x16 image .*aspect'):
     data.load_dataset(data_cfg(tmp_path, name='folder', root=mismatch, split='random'))
 
 

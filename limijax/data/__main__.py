@@ -1,4 +1,5 @@
-"""``python -m limijax.data --root=DIR [--json] [--split=standard|random] [--preview=FILE.png]``
+"""``python -m limijax.data --root=DIR [--json] [--split=standard|random] [--split_dir=DIR]
+[--preview=FILE.png]``
 
 Prints what the loader sees in a dataset folder (see :func:`limijax.data.inspect`) and
 exits with status 2, one line on stderr, when the folder cannot be used for training.
@@ -26,6 +27,8 @@ def define_flags() -> None:
   """The command's flags; called only when it runs as a program."""
   flags.DEFINE_string('root', None, 'Dataset folder to inspect.')
   flags.DEFINE_bool('json', False, 'End the output with the report as one JSON line.')
+  flags.DEFINE_string('split_dir', '', 'Folder of split lists (trainval.txt or train.txt, '
+                      'and test.txt) replacing the layout\'s own (data.split_dir).')
   flags.DEFINE_string('split', None, 'standard or random (default: standard when the folder '
                       'has split files).')
   flags.DEFINE_integer('split_seed', 0, 'Seed of the random split and of the val hold-out.')
@@ -46,14 +49,15 @@ def main(argv: Sequence[str]) -> None:
     if not 0.0 <= FLAGS[key].value < 1.0:
       raise UserError(f'--{key}: {FLAGS[key].value} is not in [0, 1)')
   report = inspect(FLAGS.root, name=FLAGS.name, split=FLAGS.split, split_seed=FLAGS.split_seed,
-                   test_fraction=FLAGS.test_fraction, val_fraction=FLAGS.val_fraction)
+                   test_fraction=FLAGS.test_fraction, val_fraction=FLAGS.val_fraction,
+                   split_dir=FLAGS.split_dir)
   print(format_report(report), flush=True)
   if FLAGS.preview and report['usable']:
     from limijax import defaults  # pylint: disable=g-import-not-at-top
     from limijax import input_pipeline  # pylint: disable=g-import-not-at-top
     dataset = folder_dataset(FLAGS.root, name=FLAGS.name or 'folder', split=report['split'],
                              split_seed=FLAGS.split_seed, test_fraction=FLAGS.test_fraction,
-                             val_fraction=FLAGS.val_fraction)
+                             val_fraction=FLAGS.val_fraction, split_dir=FLAGS.split_dir)
     cfg = defaults.base_config()  # the preview shows what a default run would train on
     input_pipeline.save_preview(
         dataset.train, FLAGS.preview, image_size=FLAGS.image_size, mean=dataset.mean,

@@ -10,7 +10,10 @@ Layouts (detected from the folder that ``data.root`` names)::
   folder      images/ masks/ and no split files (random split only)
 
 Images are ``.png``, ``.bmp``, ``.jpg`` or ``.jpeg``; masks ``.png`` or ``.bmp`` with the
-image's stem, or the stem plus ``_pixels0`` (NUAA). Split files hold one id per line;
+image's stem, or the stem plus ``_pixels0`` (NUAA). ``data.split_dir`` (a folder with
+``trainval.txt`` or ``train.txt``, and ``test.txt``) replaces any layout's own split
+files (:func:`split_dir_files`), e.g. NUAA-SIRST's 50:50 split of DNA-Net and
+BasicIRSTD beside its own ``idx_427``. Split files hold one id per line;
 every line is stripped (CRLF or LF, with or without a final newline), blank lines are
 skipped and a trailing image extension is dropped.
 """
@@ -158,6 +161,22 @@ def detect_layout(root: str, name: str = '') -> Layout:
   layout.kind = 'folder'
   layout.no_split_reason = 'the folder has no split files'
   return layout
+
+
+def split_dir_files(split_dir: str) -> dict[str, str]:
+  """{'train': path, 'test': path} of a folder of split lists (``data.split_dir``):
+  ``trainval.txt`` (else ``train.txt``) and ``test.txt``; UserError naming what is
+  missing."""
+  if not os.path.isdir(split_dir):
+    raise UserError(f'data.split_dir: {split_dir} is not a folder')
+  train = next((os.path.join(split_dir, f) for f in ('trainval.txt', 'train.txt')
+                if os.path.isfile(os.path.join(split_dir, f))), None)
+  test = os.path.join(split_dir, 'test.txt')
+  if train is None or not os.path.isfile(test):
+    missing = ' and '.join(n for n, ok in (('trainval.txt or train.txt', train),
+                                           ('test.txt', os.path.isfile(test))) if not ok)
+    raise UserError(f'data.split_dir: {split_dir} has no {missing}')
+  return {'train': os.path.abspath(train), 'test': os.path.abspath(test)}
 
 
 def index_folder(folder: str, exts: Sequence[str]) -> tuple[dict[str, str], list[str]]:

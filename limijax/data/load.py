@@ -185,7 +185,7 @@ def load_dataset(data_cfg: Any) -> Dataset:
       raise UserError(f'data.split: unknown split {split!r}; expected one of '
                       f'{", ".join(splits_lib.SPLITS)}')
 
-  plan = plan_lib.make_plan(root, name, split)
+  plan = plan_lib.make_plan(root, name, split, str(_get(data_cfg, 'split_dir', '')))
   if plan.layout.kind is None:  # an empty folder, or one that holds no dataset
     raise no_dataset_error(root, name, plan.layout.inner)
   if plan.problems:
@@ -204,12 +204,14 @@ def load_dataset(data_cfg: Any) -> Dataset:
         'split_files': plan.layout.split_files, 'standard': plan.standard, 'ids': ids,
         'mean': [infos[i].mean for i in ids], 'std': [infos[i].std for i in ids],
         'height': [infos[i].height for i in ids], 'width': [infos[i].width for i in ids],
-        'non_binary_masks': plan.non_binary_masks,
+        'non_binary_masks': plan.non_binary_masks, 'resized_masks': plan.resized_masks,
     }
     items = [(i, *plan.items[i]) for i in ids]
     out = tfds_builders.prepare(name=name, root=os.path.abspath(root), config_name=config_name,
                                 items=items, meta=meta, data_dir=data_dir)
     meta = tfds_builders.read_meta(out) or meta
+  for line in meta.get('resized_masks', ()):  # every time the data is loaded, not only once
+    logging.warning('%s', line)
   if meta.get('non_binary_masks'):
     logging.warning('%s: %s', root,
                     image_io.non_binary_mask_warning(meta['non_binary_masks'], len(meta['ids'])))
@@ -229,10 +231,11 @@ def load_dataset(data_cfg: Any) -> Dataset:
 
 def folder_dataset(root: str, *, name: str = 'folder', split: str | None = None,
                    split_seed: int = 0, test_fraction: float = 0.2,
-                   val_fraction: float = 0.2) -> Dataset:
+                   val_fraction: float = 0.2, split_dir: str = '') -> Dataset:
   """A :class:`Dataset` of :class:`FolderSource`s, checked but not prepared."""
   plan, infos, splits = plan_lib.survey(root, name=name, split=split, split_seed=split_seed,
-                                        test_fraction=test_fraction, val_fraction=val_fraction)
+                                        test_fraction=test_fraction, val_fraction=val_fraction,
+                                        split_dir=split_dir)
   if plan.problems:
     raise plan_lib.as_error(plan.problems, root)
   mean, std = splits_lib.normalisation([infos[i].mean for i in splits['train']],

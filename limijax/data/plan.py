@@ -34,6 +34,7 @@ class Plan:
   problems: list[str] = dataclasses.field(default_factory=list)
   warnings: list[str] = dataclasses.field(default_factory=list)
   non_binary_masks: int = 0  # masks holding values other than 0 and 255 (check_files)
+  resized_masks: list[str] = dataclasses.field(default_factory=list)  # lines (check_files)
 
   def path(self, rel: str) -> str:
     return os.path.join(self.layout.root, rel)
@@ -44,9 +45,19 @@ def short(ids: Sequence[str], n: int = 5) -> str:
   return ', '.join(ids[:n]) + more
 
 
-def make_plan(root: str, name: str, split: str | None) -> Plan:
-  """The layout of ``root`` and the (image, mask) pair of every id ``split`` uses."""
+def make_plan(root: str, name: str, split: str | None, split_dir: str = '') -> Plan:
+  """The layout of ``root`` and the (image, mask) pair of every id ``split`` uses.
+
+  A ``split_dir`` (``data.split_dir``) replaces the layout's split files with its own
+  (:func:`layouts.split_dir_files`); it needs the standard split.
+  """
   layout = layouts.detect_layout(root, name)
+  if split_dir and layout.kind is not None:
+    if split == 'random':
+      raise UserError(f'data.split_dir: {split_dir} holds split lists, which the random '
+                      f'split does not use; set data.split=standard or leave split_dir empty')
+    layout.split_files = layouts.split_dir_files(split_dir)
+    layout.no_split_reason = ''
   if split is None:  # the CLI's default: the split files when there are any
     ambiguous = layout.kind == 'basicirstd'  # has split files, just not one choice
     split = 'standard' if layout.split_files or ambiguous else 'random'
@@ -126,6 +137,7 @@ class ImageInfo:
   channels: int
   colour: bool
   non_binary_mask: bool  # the mask file held values other than 0 and 255
+  mask_resized: str = ''  # the warning line when the mask had another size (same aspect)
 
 
 def _channels(im: Image.Image) -> tuple[int, bool]:
@@ -156,13 +168,18 @@ def _check_one(plan: Plan, id_: str) -> tuple[ImageInfo | None, list[str], list[
   if image is None or mask is None:
     return None, problems, warnings
   if image.shape != mask.shape:
-    problems.append(f'{mask_path}: size {mask.shape[1]}x{mask.shape[0]} differs from its image '
-                    f'{image_path} ({image.shape[1]}x{image.shape[0]})')
-    return None, problems, warnings
+    line = image_io.mask_size_line(mask_path, mask.shape, image_path, image.shape)
+    if not image_io.mask_fits(mask.shape, image.shape):
+      problems.append(line)
+      return None, problems, warnings
+    resized = line  # resized wherever the mask is read (image_io.read_mask_for)
+    mask = image_io.fit_mask(mask, image.shape, mask_path, image_path)
+  else:
+    resized = ''
   if mask.mean() > 0.5:
     warnings.append(f'{mask_path}: more than half of the mask is target (inverted?)')
   info = ImageInfo(float(image.mean()), float(image.std()), image.shape[0], image.shape[1],
-                   channels, colour, non_binary)
+                   channels, colour, non_binary, resized)
   return info, problems, warnings
 
 
@@ -170,7 +187,9 @@ def check_files(plan: Plan) -> dict[str, ImageInfo]:
   """Reads every image and mask of the plan; adds problems; returns per-image stats.
 
   Also counts the masks holding values other than 0 and 255 (``plan.non_binary_masks``)
-  and adds the one warning line about them.
+  and adds the one warning line about them, and one warning line for each mask of
+  another size than its image but the same aspect ratio (``plan.resized_masks``; such a
+  mask is resized to its image wherever it is read, by ``image_io.read_mask_for``).
   """
   ids = sorted(plan.items)
   workers = min(8, os.cpu_count() or 1)
@@ -183,6 +202,9 @@ def check_files(plan: Plan) -> dict[str, ImageInfo]:
     plan.warnings.extend(warnings)
     if info is not None:
       infos[id_] = info
+      if info.mask_resized:
+        plan.resized_masks.append(info.mask_resized)
+        plan.warnings.append(info.mask_resized)
       if info.colour:
         colour.append(id_)
   if colour:
@@ -194,9 +216,9 @@ def check_files(plan: Plan) -> dict[str, ImageInfo]:
 
 
 def survey(root: str, *, name: str = '', split: str | None = None, split_seed: int = 0,
-           test_fraction: float = 0.2, val_fraction: float = 0.2):
+           test_fraction: float = 0.2, val_fraction: float = 0.2, split_dir: str = ''):
   """(plan, {id: ImageInfo}, {'train', 'val', 'test': ids}) of ``root``, every file read."""
-  plan = make_plan(root, name, split)
+  plan = make_plan(root, name, split, split_dir)
   infos = check_files(plan) if plan.items else {}
   splits = {'train': [], 'val': [], 'test': []}
   if plan.layout.kind is not None and (plan.split == 'random' or plan.standard is not None):

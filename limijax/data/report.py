@@ -18,16 +18,19 @@ def _counts(values) -> dict[str, int]:
 
 
 def inspect(root: str, *, name: str = '', split: str | None = None, split_seed: int = 0,
-            test_fraction: float = 0.2, val_fraction: float = 0.2) -> dict[str, Any]:
+            test_fraction: float = 0.2, val_fraction: float = 0.2,
+            split_dir: str = '') -> dict[str, Any]:
   """Everything the loader sees in ``root``, read straight from its files.
 
-  ``split`` None picks ``standard`` when the folder has split files, else ``random``.
+  ``split`` None picks ``standard`` when the folder has split files (or ``split_dir``
+  names a folder of them), else ``random``.
   ``problems`` lists every reason the folder cannot be used for training (each names
   a file); ``warnings`` lists oddities that do not stop training; ``non_binary_masks``
   counts the masks holding values other than 0 and 255 (one warning says so).
   """
   plan, infos, splits = plan_lib.survey(root, name=name, split=split, split_seed=split_seed,
-                                        test_fraction=test_fraction, val_fraction=val_fraction)
+                                        test_fraction=test_fraction, val_fraction=val_fraction,
+                                        split_dir=split_dir)
   train = [infos[i] for i in splits['train'] if i in infos]
   mean, std = splits_lib.normalisation([i.mean for i in train], [i.std for i in train])
   return {
@@ -51,6 +54,25 @@ def inspect(root: str, *, name: str = '', split: str | None = None, split_seed: 
   }
 
 
+def _area(size: str) -> tuple[int, int, int]:
+  w, h = (int(v) for v in size.split('x'))
+  return w * h, w, h
+
+
+def format_sizes(counts: dict[str, int], listed: int = 5) -> str:
+  """Image sizes (``{'WxH': count}``, most common first) in one short line: all of them
+  when there are at most ``listed``, else how many, the smallest and largest (by area)
+  and the ``listed`` most common (``--json`` keeps the full list)."""
+  if not counts:
+    return '-'
+  common = ', '.join(f'{k} ({v})' for k, v in list(counts.items())[:listed])
+  if len(counts) <= listed:
+    return common
+  by_area = sorted(counts, key=_area)
+  return (f'{len(counts)} distinct, smallest {by_area[0]}, largest {by_area[-1]}; '
+          f'most common {common}')
+
+
 def format_report(report: dict[str, Any]) -> str:
   """The human-readable form of :func:`inspect`'s result."""
   lines = [f'root:      {report["root"]}', f'layout:    {report["layout"] or "not recognised"}']
@@ -64,8 +86,7 @@ def format_report(report: dict[str, Any]) -> str:
     s = report['splits']
     lines.append(f'images:    train {s["train"]}, val {s["val"]}, test {s["test"]} '
                  f'({report["num_images"]} with masks)')
-    sizes = ', '.join(f'{k} ({v})' for k, v in report['image_sizes'].items()) or '-'
-    lines.append(f'sizes:     {sizes}  (width x height)')
+    lines.append(f'sizes:     {format_sizes(report["image_sizes"])}  (width x height)')
     channels = ', '.join(f'{k} ({v})' for k, v in report['channels'].items()) or '-'
     lines.append(f'channels:  {channels}  (read as 1-channel grey)')
     if report['mean'] is not None:

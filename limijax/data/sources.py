@@ -81,8 +81,10 @@ class FolderSource:
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     id_, image_rel, mask_rel = self.items[operator.index(i)]
-    return {'image': image_io.read_image(os.path.join(self.root, image_rel)),
-            'mask': image_io.read_mask(os.path.join(self.root, mask_rel)), 'id': id_}
+    image_path = os.path.join(self.root, image_rel)
+    image = image_io.read_image(image_path)
+    mask = image_io.read_mask_for(os.path.join(self.root, mask_rel), image_path, image.shape)
+    return {'image': image, 'mask': mask, 'id': id_}
 
   def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
     return [self[i] for i in indices]
