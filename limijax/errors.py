@@ -35,15 +35,19 @@ def fail(message: str) -> None:
 
 class QuietLibraries(logging.Filter):
   """Keeps other libraries' INFO lines (TFDS loading its dataset info, Orbax's per-save
-  chatter) and TFDS's advice to install OpenCV out of a command's output: below WARNING
+  chatter) and two TFDS warnings of no use to a user (:attr:`_ADVICE`) out of a
+  command's output: below WARNING
   only limijax's own lines pass. Every command installs it on absl's handler
   (:func:`cli_main`); ``python -m limijax.main --library_logs`` removes it."""
 
   _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+  # TFDS's warnings that say nothing to a limijax user: decoding PNGs with PIL instead of
+  # OpenCV, and the prepared copy's own named configuration.
+  _ADVICE = ('OpenCV is not installed', 'Using custom data configuration')
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno >= logging.WARNING:
-      return not str(record.msg).startswith('OpenCV is not installed')
+      return not str(record.msg).startswith(self._ADVICE)
     return os.path.abspath(record.pathname).startswith(self._PACKAGE)
 
 

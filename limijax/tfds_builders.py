@@ -113,7 +113,7 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, root: str) -> Iterator[tuple[str, dict[str, Any]]]:
     items = self.builder_config.items
     for id_, image_rel, mask_rel in tqdm(items, desc=f'preparing {self.name}', unit='img',
-                                         leave=False):
+                                         leave=False, disable=None):  # None: on a terminal
       image_path = os.path.join(root, image_rel)
       image = image_io.read_image(image_path)
       mask = image_io.read_mask_for(os.path.join(root, mask_rel), image_path, image.shape)

@@ -271,3 +271,43 @@ def test_table2_cli_nothing_at_all_is_one_line_exit_2(tmp_path):
   proc = _cli('--table2', tmp_path)
   assert proc.returncode == 2
   assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith('error: ')
+
+
+# ------------------------------------------------------------------ the two protocols
+def _track(folder, best_test_epoch, test):
+  """Adds what a track_test run writes: the epoch with the best test mIoU and its test."""
+  path = pathlib.Path(folder) / 'results.json'
+  results = json.loads(path.read_text())
+  results['best_test_epoch'] = {'epoch': best_test_epoch, 'test': test}
+  path.write_text(json.dumps(results))
+  config = json.loads((pathlib.Path(folder) / 'config.json').read_text())
+  config['track_test'] = True  # may differ from untracked seeds: it changes no training
+  (pathlib.Path(folder) / 'config.json').write_text(json.dumps(config))
+
+
+def test_both_protocols_side_by_side_when_every_run_tracked_test(tmp_path):
+  root = make_seeds(tmp_path / 'r')
+  # Best test epochs: mIoU 0.70 0.71 0.72 (mean 0.71, std 0.01), epochs 12 14 16.
+  for (seed, _, _), m, e in zip(SEEDS, (0.70, 0.71, 0.72), (12, 14, 16)):
+    _track(root / f'seed_{seed}', e, _metrics(m, m, 0.95, 50.0))
+  agg = aggregate.collect(str(root))
+  _close(agg['best_test_epoch']['test']['miou'], 0.71, 0.01, 0.70, 0.72, 3)
+  _close(agg['best_test_epoch']['epoch'], 14, 2, 12, 16, 3)
+  table = aggregate.protocols_table(agg)
+  lines = table.splitlines()
+  assert lines[2].startswith('| val-selected') and '| 65.00 ± 5.00 |' in lines[2]
+  assert lines[3].startswith('| best test epoch') and '| 71.00 ± 1.00 |' in lines[3]
+  assert '| 14.0 ± 2.0 | 3 |' in lines[3]
+  proc = _cli(str(root))
+  assert proc.returncode == 0, proc.stderr
+  assert 'chosen on test, as most papers report' in proc.stdout
+  out = json.loads(proc.stdout.splitlines()[-1])
+  assert out['best_test_epoch']['test']['miou']['mean'] == pytest.approx(0.71)
+
+
+def test_one_untracked_run_leaves_the_second_protocol_out(tmp_path):
+  root = make_seeds(tmp_path / 'r')
+  _track(root / 'seed_0', 12, _metrics(0.7, 0.7, 0.95, 50.0))
+  agg = aggregate.collect(str(root))  # configs differ in track_test only: accepted
+  assert agg['best_test_epoch'] is None and aggregate.protocols_table(agg) is None
+  assert len(agg['untracked']) == 2

@@ -262,3 +262,21 @@ def test_another_config_is_refused_by_a_workdir_whose_seed_folders_hold_checkpoi
   with pytest.raises(UserError, match='another config'):
     train.claim_workdir(synthetic_config('unused', num_seeds=2, seed=5), workdir)
   assert (tmp_path / 'w' / 'config.json').read_text() == config_json
+
+
+def test_track_test_reports_the_best_test_epoch_without_choosing_by_it(tiny_run):
+  workdir, results = tiny_run
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    events = [json.loads(l) for l in f if l.strip()]
+  tracked = [r for r in events if r['event'] == 'test_track']
+  vals = [r for r in events if r['event'] == 'val']
+  assert [r['epoch'] for r in tracked] == [r['epoch'] for r in vals]  # one per validation
+  best = results['best_test_epoch']
+  top = max(tracked, key=lambda r: r['miou'])
+  assert best['epoch'] == top['epoch'] and best['test']['miou'] == top['miou']
+  # The checkpoint tested is still the validation's choice; its test score is the tracked
+  # score of that epoch, and never above the best test epoch's.
+  assert results['best_epoch'] == max(vals, key=lambda r: r['miou'])['epoch']
+  at_best_val = next(r for r in tracked if r['epoch'] == results['best_epoch'])
+  assert results['test']['miou'] == pytest.approx(at_best_val['miou'], abs=1e-12)
+  assert results['test']['miou'] <= best['test']['miou']

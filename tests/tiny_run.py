@@ -1,6 +1,6 @@
 """The tiny synthetic run the training tests share: 50 images of 32x32 (10 test, 8 val,
 32 train), 3 epochs of 8 steps of batch 4, ITS on (the synthetic config turns it off, so
-that resume covers its random draws too).
+that resume covers its random draws too), test scored at every validation (track_test).
 
 The depthwise convolutions take their grouped form, which traces and compiles in about
 half the time of the CPU's default shift form on this model (the forms' equality is
@@ -30,7 +30,7 @@ TWO_SEEDS = {'seed': 0, 'num_seeds': 2, 'model.depthwise': 'shift'}
 VALUES = {'seed': 1, 'data.root': '/unused/by/synthetic', 'data.split_seed': 1,
           'num_epochs': 3, 'batch_size': 4, 'eval_every_epochs': 1,
           'data.image_size': 32, 'data.num_images': 50, 'data.synthetic_size': 32,
-          'data.its.enabled': True, 'model.depthwise': 'grouped'}
+          'data.its.enabled': True, 'model.depthwise': 'grouped', 'track_test': True}
 
 
 def synthetic_config(data_dir, **overrides):
