@@ -4,7 +4,10 @@ import importlib.metadata as _metadata
 import os as _os
 import sys as _sys
 
-__version__ = "0.1.0"
+try:
+  __version__ = _metadata.version('limijax')  # pyproject.toml's, once installed
+except _metadata.PackageNotFoundError:  # the source tree, not installed
+  __version__ = '0+unknown'
 
 # XLA flag set by default (before JAX starts its backend; a flag already in XLA_FLAGS wins):
 # XLA:CPU of jaxlib 0.10 hands reductions and element-wise fusions to YNNPACK, which

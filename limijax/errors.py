@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -72,12 +73,32 @@ def cli_main(main: Callable[[Sequence[str]], object],
   return wrapped
 
 
+def unknown_key_line(argv: Sequence[str], error: Exception) -> str | None:
+  """``config key KEY does not exist (did you mean NAME?)`` for an override that names a
+  key the config lacks, ml_collections' KeyError or AttributeError turned into one line
+  with the key as typed (``data.flip``); None for any other error."""
+  if not isinstance(error, (KeyError, AttributeError)):
+    return None
+  text = str(error.args[0] if error.args else error)
+  found = re.search(r"\\?'([A-Za-z_]\w*)\\?'", text)  # quoted, the quotes maybe escaped
+  if not found:
+    return None
+  leaf = found.group(1)
+  typed = [a[len('--config.'):].split('=', 1)[0] for a in argv if a.startswith('--config.')]
+  key = next((t for t in typed if t.split('.')[-1] == leaf), leaf)
+  hint = re.search(r'Did you mean "([\w]+)"', text)
+  if hint:
+    return (f'config key {key} does not exist (did you mean '
+            f'{key.rsplit(".", 1)[0] + "." if "." in key else ""}{hint.group(1)}?)')
+  return f'config key {key} does not exist'
+
+
 def _parse_flags(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   try:
     return flags.FLAGS(argv)
-  except KeyError as e:  # ml_collections: an override names a key the config lacks
-    fail(f'unknown config key: {e.args[0] if e.args else e}')
+  except (KeyError, AttributeError) as e:  # an override names a key the config lacks
+    fail(unknown_key_line(argv, e) or f'{type(e).__name__}: {e}')
   except Exception as e:  # pylint: disable=broad-except
     # absl flag errors, a config file that is missing or fails to load, a value of the
     # wrong type for a locked config key: all are the user's to fix, none a traceback.

@@ -303,13 +303,16 @@ def test_bad_config_value_is_one_line_and_writes_nothing(tmp_path, override, key
 
 
 # --------------------------------------------------------------------------- 5. config typos
-@pytest.mark.parametrize('override, key', [('--config.modle.x=1', 'modle'),
-                                           ('--config.batch_sise=3', 'batch_sise')])
-def test_config_typo_is_one_line_exit_2(tmp_path, override, key):
+@pytest.mark.parametrize('override, line', [
+    ('--config.modle.x=1', 'config key modle does not exist (did you mean model?)'),
+    ('--config.batch_sise=3', 'config key batch_sise does not exist (did you mean batch_size?)'),
+    ('--config.data.its.prb=0.1',
+     'config key data.its.prb does not exist (did you mean data.its.prob?)')])
+def test_config_typo_is_one_line_exit_2(tmp_path, override, line):
   workdir = tmp_path / 'w'
   proc = _cli('limijax.main', f'--config={CONFIG}', f'--workdir={workdir}', override,
               '--config.batch_size=4')
-  assert_one_line_error(proc, key)
+  assert assert_one_line_error(proc) == f'error: {line}'
   assert not workdir.exists()
 
 

@@ -147,3 +147,9 @@ def test_huge_pages_left_alone_where_glibc_or_the_kernel_cannot(monkeypatch, tmp
   _fake_glibc(monkeypatch, tmp_path, version, thp)
   monkeypatch.setattr(limijax._sys, 'platform', platform)
   assert limijax.huge_pages_environment({}, ['python3', '-m', 'limijax.main']) is None
+
+
+def test_version_is_the_installed_packages():
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import limijax  # pylint: disable=g-import-not-at-top
+  assert limijax.__version__ == importlib.metadata.version('limijax')
