@@ -54,9 +54,17 @@ versions, JAX backend and device, the depthwise form ``auto`` picks) and a table
 ``--json`` the last stdout line is one JSON object with ``rows``. torch and onnxruntime
 are optional: without them their columns are ``null`` and one line says why. Figures are
 in BENCHMARKS.md.
+
+Process set-up: run as a command, it first adds an XLA flag and asks glibc for huge pages
+(executing itself again once); :mod:`limijax.process` says which, why, and how to turn
+each off.
 """
 
 from __future__ import annotations
+
+if __name__ == '__main__':  # a command: process set-up before JAX starts (limijax.process)
+  from limijax import process as _process
+  _process.set_up_command()
 
 import collections
 import copy

@@ -20,9 +20,17 @@ original resolution, never after a resize.
 
 Both forms print the metrics (see :mod:`limijax.metrics`) as one JSON object on the last
 line of stdout; a progress bar and notes go to stderr.
+
+Process set-up: run as a command, it first adds an XLA flag and asks glibc for huge pages
+(executing itself again once); :mod:`limijax.process` says which, why, and how to turn
+each off.
 """
 
 from __future__ import annotations
+
+if __name__ == '__main__':  # a command: process set-up before JAX starts (limijax.process)
+  from limijax import process as _process
+  _process.set_up_command()
 
 import json
 import os

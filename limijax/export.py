@@ -24,9 +24,17 @@ arrays for ``.npz``) on every test image of the run at its own size, padded to a
 of 16 as evaluation pads it, prints the largest absolute logit difference over the padded
 outputs and fails (one line, exit 2) unless it is at most 1e-4 and the masks (logit > 0,
 cropped back to each image) are identical.
+
+Process set-up: run as a command, it first adds an XLA flag and asks glibc for huge pages
+(executing itself again once); :mod:`limijax.process` says which, why, and how to turn
+each off.
 """
 
 from __future__ import annotations
+
+if __name__ == '__main__':  # a command: process set-up before JAX starts (limijax.process)
+  from limijax import process as _process
+  _process.set_up_command()
 
 import json
 import os

@@ -12,9 +12,17 @@ normalisation comes from the file when it holds one; otherwise ``--mean`` and ``
 ``NEW`` receives ``config.json`` and ``checkpoints/best`` in the format training writes,
 so ``python -m limijax.evaluate --workdir=NEW`` and ``python -m limijax.predict
 --workdir=NEW`` accept it. A folder that already holds a run is refused.
+
+Process set-up: run as a command, it first adds an XLA flag and asks glibc for huge pages
+(executing itself again once); :mod:`limijax.process` says which, why, and how to turn
+each off.
 """
 
 from __future__ import annotations
+
+if __name__ == '__main__':  # a command: process set-up before JAX starts (limijax.process)
+  from limijax import process as _process
+  _process.set_up_command()
 
 import math
 import os

@@ -9,9 +9,17 @@ Several processes (machines) train one run together when each is started with
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``, or with
 ``--distributed`` alone under a cluster manager JAX reads (SLURM, Open MPI); see the
 README's "Several machines".
+
+Process set-up: run as a command, it first adds an XLA flag and asks glibc for huge pages
+(executing itself again once); :mod:`limijax.process` says which, why, and how to turn
+each off.
 """
 
 from __future__ import annotations
+
+if __name__ == '__main__':  # a command: process set-up before JAX starts (limijax.process)
+  from limijax import process as _process
+  _process.set_up_command()
 
 import json
 import os
@@ -65,6 +73,8 @@ def main(argv):
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS['config']))
   print(f'workdir: {workdir}', flush=True)
   logging.set_verbosity(logging.INFO)
+  from limijax import process  # pylint: disable=g-import-not-at-top
+  logging.info('%s', process.described())
   if FLAGS.library_logs:
     from limijax.errors import QUIET_LIBRARIES  # pylint: disable=g-import-not-at-top
     logging.get_absl_handler().removeFilter(QUIET_LIBRARIES)

@@ -14,9 +14,17 @@ training reads them (16-bit frames stretched, see :mod:`limijax.image_io`), and
 normalised with the statistics stored in the run. With ``--backend=onnx`` an exported
 graph (``python -m limijax.export --out=FILE.onnx``) computes the masks in onnxruntime,
 normalised as its metadata says (:mod:`limijax.onnx_model`); that path never imports JAX.
+
+Process set-up: run as a command, it first adds an XLA flag and asks glibc for huge pages
+(executing itself again once); :mod:`limijax.process` says which, why, and how to turn
+each off.
 """
 
 from __future__ import annotations
+
+if __name__ == '__main__':  # a command: process set-up before JAX starts (limijax.process)
+  from limijax import process as _process
+  _process.set_up_command()
 
 import collections
 import os

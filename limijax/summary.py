@@ -18,9 +18,17 @@ against XLA's own cost analysis of the compiled function.
 ``params`` counts the inference model (what the paper's 0.016 M counts: the C2F side heads
 are training-only); ``train_params`` adds the side heads (what a checkpoint holds) and
 ``side_head_params`` is their share.
+
+Process set-up: run as a command, it first adds an XLA flag and asks glibc for huge pages
+(executing itself again once); :mod:`limijax.process` says which, why, and how to turn
+each off.
 """
 
 from __future__ import annotations
+
+if __name__ == '__main__':  # a command: process set-up before JAX starts (limijax.process)
+  from limijax import process as _process
+  _process.set_up_command()
 
 import json
 import math

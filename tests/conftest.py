@@ -26,6 +26,11 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 # XLA's older CPU fusion path compiles these small programs about twice as fast.
 os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0 '
                       '--xla_cpu_use_fusion_emitters=false')
+# The XLA flag the commands add (limijax.process), so that what the tests compute in this
+# process is computed as the commands compute it.
+from limijax import process as _process  # noqa: E402
+
+os.environ['XLA_FLAGS'] = _process.xla_flags(os.environ) or os.environ['XLA_FLAGS']
 
 
 def pytest_unconfigure(config):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import limijax
+from limijax import process
 from limijax import bench
 from limijax import defaults
 from limijax import losses
@@ -189,7 +189,7 @@ def test_cli_json_rows_on_small_inputs():
   assert out['machine']['cpu_count'] >= 1 and out['machine']['depthwise_auto'] == 'shift'
   # Started without the tunable, the command executed itself again with it, where glibc
   # and the kernel offer huge pages (Linux, glibc >= 2.35).
-  with_huge_pages = limijax.huge_pages_environment(env, command) is not None
+  with_huge_pages = process.huge_pages_environment(env, command) is not None
   assert ('glibc.malloc.hugetlb=1' in (out['machine']['glibc_tunables'] or '')) == (
       with_huge_pages)
   assert out['peak']['peak'] > 0 and out['settings']['only'] == ['infer', 'pipeline']

@@ -1,8 +1,10 @@
-"""Every limijax module imports into one process, defines no command flags when imported,
-and the data modules import each other without a cycle; a limijax command (and only a
-command) asks glibc for huge pages (the bench's CLI test sees it happen)."""
+"""Every limijax module imports into one process, defines no command flags and changes no
+environment variable when imported, and the data modules import each other without a
+cycle; a limijax command that runs XLA (and only such a command) asks glibc for huge pages
+(the bench's CLI test sees it happen) and adds its XLA flag."""
 
 import ast
+import importlib
 import json
 import os
 import pathlib
@@ -12,6 +14,7 @@ import sys
 import pytest
 
 import limijax
+from limijax import process
 
 PACKAGE = pathlib.Path(limijax.__file__).parent
 # Flags only commands may define, and only when they run.
@@ -114,15 +117,15 @@ def test_tfds_builders_imports_alone():
 def _fake_glibc(monkeypatch, tmp_path, version='glibc 2.36', thp='always [madvise] never'):
   setting = tmp_path / 'enabled'
   setting.write_text(thp + '\n')
-  monkeypatch.setattr(limijax, '_THP_SETTING', str(setting))
-  monkeypatch.setattr(limijax._sys, 'platform', 'linux')
-  monkeypatch.setattr(limijax._os, 'confstr', lambda name: version)
+  monkeypatch.setattr(process, '_THP_SETTING', str(setting))
+  monkeypatch.setattr(process.sys, 'platform', 'linux')
+  monkeypatch.setattr(process.os, 'confstr', lambda name: version)
 
 
 def test_huge_pages_for_limijax_commands_only_added_once_and_kept_beside_other_tunables(
     monkeypatch, tmp_path):
   _fake_glibc(monkeypatch, tmp_path)
-  env = limijax.huge_pages_environment
+  env = process.huge_pages_environment
   command = ['python3', '-m', 'limijax.main', '--config=configs/synthetic.py']
   assert env({'PATH': '/bin'}, command) == {'PATH': '/bin',
                                             'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
@@ -145,11 +148,57 @@ def test_huge_pages_for_limijax_commands_only_added_once_and_kept_beside_other_t
 def test_huge_pages_left_alone_where_glibc_or_the_kernel_cannot(monkeypatch, tmp_path,
                                                                 version, thp, platform):
   _fake_glibc(monkeypatch, tmp_path, version, thp)
-  monkeypatch.setattr(limijax._sys, 'platform', platform)
-  assert limijax.huge_pages_environment({}, ['python3', '-m', 'limijax.main']) is None
+  monkeypatch.setattr(process.sys, 'platform', platform)
+  assert process.huge_pages_environment({}, ['python3', '-m', 'limijax.main']) is None
 
 
 def test_version_is_the_installed_packages():
   import importlib.metadata  # pylint: disable=g-import-not-at-top
   import limijax  # pylint: disable=g-import-not-at-top
   assert limijax.__version__ == importlib.metadata.version('limijax')
+
+
+def test_importing_limijax_leaves_the_environment_alone():
+  # JAX sets two variables of its own when imported (TF_CPP_MIN_LOG_LEVEL and a TPU one):
+  # imported first, so that what is compared is limijax's doing.
+  code = ('import json, os, pkgutil, jax, limijax\n'
+          'before = dict(os.environ)\n'
+          'for info in pkgutil.walk_packages(limijax.__path__, "limijax."):\n'
+          '  __import__(info.name)\n'
+          'print(json.dumps([before == dict(os.environ), os.environ.get("XLA_FLAGS"), '
+          'os.environ.get("GLIBC_TUNABLES")]))')
+  base = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'GLIBC_TUNABLES')}
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        timeout=300, env={**base, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # Every module imported, nothing changed: no XLA flag, no tunable, no new process.
+  assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True, None, None]
+
+
+def test_the_xla_flag_is_added_only_where_known_and_never_over_the_users():
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  known = importlib.metadata.version('jaxlib').split('.')[:2] == ['0', '10']
+  assert process.xla_flags({'XLA_FLAGS': '--xla_foo=1'}) == (
+      '--xla_foo=1 --xla_cpu_experimental_ynn_fusion_type=' if known else None)
+  user = '--xla_cpu_experimental_ynn_fusion_type=dot'
+  assert process.xla_flags({'XLA_FLAGS': user}) is None
+  assert process.xla_flags({'LIMIJAX_XLA_DEFAULTS': '0'}) is None
+  on = {'XLA_FLAGS': process.YNN_FLAG, 'GLIBC_TUNABLES': process.HUGE_PAGES_TUNABLE}
+  line = process.described(on)
+  assert 'LIMIJAX_XLA_DEFAULTS=0' in line and 'LIMIJAX_HUGE_PAGES=0' in line
+  assert process.described({}) == 'process set-up: none'
+
+
+def test_a_command_sets_the_flag_and_its_help_says_so():
+  base = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'LIMIJAX_XLA_DEFAULTS')}
+  code = ('import os, sys; sys.argv = ["x"]; from limijax import process; '
+          'process.set_up_command(); print(repr(os.environ.get("XLA_FLAGS")))')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        timeout=120, env=base, check=True)
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  known = importlib.metadata.version('jaxlib').split('.')[:2] == ['0', '10']
+  assert proc.stdout.strip() == (repr(process.YNN_FLAG) if known else 'None')
+  # Each such command's --help names the set-up.
+  for command in ('main', 'evaluate', 'predict', 'export', 'import_torch', 'summary', 'bench'):
+    module = importlib.import_module(f'limijax.{command}')
+    assert 'limijax.process' in module.__doc__, command
