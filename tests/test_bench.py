@@ -231,24 +231,25 @@ def test_cli_bad_flag_is_one_line_exit_2():
   assert 'Traceback' not in proc.stderr
 
 
-def test_interleaved_times_bursts_after_an_untimed_change_over_call():
-  calls = []
+def test_interleaved_times_bursts_after_an_untimed_change_over_call(monkeypatch):
+  calls, clock = [], [0.0]
+  monkeypatch.setattr(bench, '_now', lambda: clock[0])
 
   def make(name):
-    def fn():
+    def fn():  # on the fake clock
       # Slow right after the other backend (its threads "still spinning"), fast in a row.
-      slow = calls and calls[-1] != name
+      slow = bool(calls) and calls[-1] != name
       calls.append(name)
-      time.sleep(0.05 if slow else 0.001)
+      clock[0] += 0.05 if slow else 0.001
     return fn
 
   ms, first = bench.interleaved({'a': make('a'), 'b': make('b')}, repeats=2, desc='t',
                                 burst=3, change_over_s=0.0)
   # Two warm-up calls each, then per round each backend's burst: 1 untimed + 3 timed.
   assert calls == ['a', 'a', 'b', 'b'] + (['a'] * 4 + ['b'] * 4) * 2
-  assert set(first) == {'a', 'b'} and first['b'] >= 0.05  # b's first call followed a's
-  for name in ('a', 'b'):  # the slow change-over calls are not among the timed ones
-    assert 1.0 <= ms[name] < 25.0, ms
+  assert first == {'a': pytest.approx(0.001), 'b': pytest.approx(0.05)}  # b's followed a's
+  # The slow change-over calls are not among the timed ones: 1 ms each.
+  assert ms == {'a': pytest.approx(1.0), 'b': pytest.approx(1.0)}, ms
 
 
 def test_interleaved_change_over_lasts_change_over_s_before_the_timed_calls(monkeypatch):

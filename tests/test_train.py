@@ -215,7 +215,6 @@ def test_train_lines_say_how_much_of_the_time_went_waiting_for_batches(
   # ... and one warning line says what to change (once a run, however many windows wait).
   slow = [r.getMessage() for r in caplog.records if 'waited for its input pipeline' in r.getMessage()]
   assert len(slow) == 1 and 'data.num_workers=0' in slow[0], slow
-  assert max(r['data_wait'] for r in shared if r['step'] > 1) < 0.3  # a fast pipeline
 
 
 # --------------------------------------------------------------------------- checkpoints
