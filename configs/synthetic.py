@@ -2,7 +2,8 @@
 
 No download: 600 images of 128x128 (realistic clutter, 1-4 small targets each) are
 generated from ``data.split_seed`` on first use, split 8:2 at random, and 20 % of the
-training split is held out for validation. About 5 minutes on a 2-core CPU.
+training split is held out for validation. Its result is in the README's Results, its
+time in BENCHMARKS.md.
 
     python -m limijax.main --config=configs/synthetic.py   # writes workdirs/synthetic
 
@@ -12,18 +13,15 @@ What differs from the paper's settings, and why:
   images, so a CPU runs four times as many steps in the same minutes; evaluation still
   runs on whole images.
 * ``num_epochs = 90``: the run ends in a trough of the cosine (period 10 epochs: minima
-  at epochs 10, 30, 50, 70, 90, ...), so its 90th epoch runs at 6.1e-4, near the 5e-4
-  floor. The paper's 300 epochs end near a crest instead (its 300th epoch runs at
-  4.9e-3); there the best validation checkpoint, not the last epoch, is the one tested.
-  Test mIoU 0.590 after 50 epochs, 0.638 after 70, 0.654 after 90 (0.698 with today's
-  arithmetic and initial values; README, Results).
+  at epochs 10, 30, 50, 70, 90, ...), so its last epochs run near the 5e-4 floor. The
+  paper's 300 epochs end near a crest instead; there the best validation checkpoint, not
+  the last epoch, is the one tested.
 * ``data.its.enabled = False``: ITS paints bright, sharp-rimmed discs and polygons and
   calls them targets, while this dataset's clutter is made of exactly such shapes
   (labelled background) so that a top-hat detector cannot tell them from the smooth
-  Gaussian targets. The two contradict each other: with ITS the same run scores test
-  mIoU 0.568 instead of 0.663 (measured with 50 epochs of an earlier model whose SES
-  started with 8 channels and whose side heads were single 1x1 convolutions). On the
-  real datasets ITS stays on, as in the paper.
+  Gaussian targets. The two contradict each other, and ITS cost this dataset test mIoU
+  (docs/data.md, the synthetic dataset). On the real datasets ITS stays on, as in the
+  paper.
 """
 
 from limijax.defaults import base_config

@@ -29,7 +29,7 @@ weights, converted exactly to the PyTorch twin and exported to ONNX), it times
   ``pipeline_its_256``: milliseconds per batch, images per second, and that rate over
   what the training step consumes.
 * ``eval``: evaluation of a split of images of 10 different sizes (2 each), metrics
-  included: :func:`limijax.train.evaluate_source` against ``per_image_loop``, the plain
+  included: :func:`limijax.evaluation.evaluate_source` against ``per_image_loop``, the plain
   one-jitted-call-per-image loop, each with its number of compilations and its first
   (compiling) pass; the twin and onnxruntime run the same per-image loop. Row
   ``eval_sizes10``, milliseconds per image.
@@ -372,9 +372,9 @@ def _train_batch(batch_size: int, size: int) -> dict:
 
 def jax_train_step(config, impl: str, batch: dict) -> Callable[[], None]:
   import jax  # pylint: disable=g-import-not-at-top
-  from limijax import train  # pylint: disable=g-import-not-at-top
+  from limijax import schedule as schedule_lib, train  # pylint: disable=g-import-not-at-top
   model = _model(config, impl)
-  tx, schedule = train.make_optimizer(config, steps_per_epoch=100)
+  tx, schedule = schedule_lib.make_optimizer(config, steps_per_epoch=100)
   step = train.make_train_step(model, tx, schedule, config.loss)
   state = train.init_state(model, tx, train.seed_key(0))  # the weights every backend gets
   dev_batch = jax.device_put(batch)
@@ -456,9 +456,9 @@ def _variables(b: Backends) -> dict:
 def bench_infer(b: Backends, s: dict, peak: float, failed: dict) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from limijax import train  # pylint: disable=g-import-not-at-top
+  from limijax import evaluation  # pylint: disable=g-import-not-at-top
   model = _model(b.config)
-  predict = train.make_predict(model)
+  predict = evaluation.make_predict(model)
   size = s['image_size']
   rows = []
   for batch, side in ((1, size), (1, 2 * size), (16, size)):
@@ -630,19 +630,19 @@ def per_image_loop(logits_fn: Callable[[np.ndarray], np.ndarray], source, mean: 
 
 
 def bench_eval(b: Backends, s: dict, peak: float, failed: dict) -> dict:
-  from limijax import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  from limijax import evaluation, input_pipeline  # pylint: disable=g-import-not-at-top
   source = eval_split(s['image_size'])
   mean, std = 90.0, 12.0
   model = _model(b.config)
 
-  # Jitted functions of their own (not train.make_predict's, which the inference rows
+  # Jitted functions of their own (not evaluation.make_predict's, which the inference rows
   # share), so that each one's compilations are its own and this row's alone.
-  predict, predict_one = train.new_predict(model), train.new_predict(model)
+  predict, predict_one = evaluation.new_predict(model), evaluation.new_predict(model)
 
   def jax_ref(image):
     return np.asarray(predict_one(b.params, b.model_state, image))[0, ..., 0]
 
-  fns = {'jax': lambda: train.evaluate_source(predict, b.params, b.model_state, source, mean,
+  fns = {'jax': lambda: evaluation.evaluate_source(predict, b.params, b.model_state, source, mean,
                                               std, desc='eval', progress=False),
          'per_image_loop': lambda: per_image_loop(jax_ref, source, mean, std)}
   if b.torch is not None:
@@ -718,8 +718,9 @@ def run_all(s: dict) -> dict:
   """Every selected measurement (``s`` from :func:`settings`)."""
   import jax  # pylint: disable=g-import-not-at-top
   from limijax import defaults, model as model_lib, train  # pylint: disable=g-import-not-at-top
+  from limijax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = defaults.base_config()
-  params, model_state = train.split_variables(
+  params, model_state = workdir_lib.split_variables(
       model_lib.init(model_lib.from_config(config), train.seed_key(0)))
   b = Backends(config, jax.device_get(params), jax.device_get(model_state),
                s['torch_device'], s['torch_compile'])

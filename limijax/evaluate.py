@@ -160,8 +160,8 @@ def main(argv: Sequence[str]) -> None:
     if not os.path.isdir(workdir):
       raise UserError(f'workdir not found: {workdir}')
     # Imported here so that scoring saved predictions never loads JAX or the model.
-    from limijax import train  # pylint: disable=g-import-not-at-top
-    result = train.evaluate_workdir(workdir, FLAGS.split)
+    from limijax import evaluation  # pylint: disable=g-import-not-at-top
+    result = evaluation.evaluate_workdir(workdir, FLAGS.split)
   elif folders_mode:
     if pred_dir is None or mask_dir is None:
       raise UserError('--pred_dir and --mask_dir must be given together')

@@ -261,9 +261,9 @@ def _exported_runner(path: str, fmt: str):
     return lambda x, raw: m.run((raw if m.in_graph else x).transpose(0, 3, 1, 2)).transpose(
         0, 2, 3, 1)
   # .npz: the JAX model on the reloaded arrays
-  from limijax import train  # pylint: disable=g-import-not-at-top
+  from limijax import evaluation  # pylint: disable=g-import-not-at-top
   params, state, config, _ = read_npz(path)
-  predict = train.make_predict(flax_model(config))
+  predict = evaluation.make_predict(flax_model(config))
   return lambda x, raw: np.asarray(predict(params, state, x))
 
 
@@ -271,10 +271,10 @@ def check(trained, path: str, progress: bool = False) -> dict:
   """Compare the run's JAX model with the exported ``path`` on the run's test images;
   ``{'num_images', 'max_abs_diff', 'masks_identical', 'mismatched_images'}``."""
   from limijax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from limijax import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  from limijax import evaluation, input_pipeline  # pylint: disable=g-import-not-at-top
   fmt = format_of(path)
   exported = _exported_runner(path, fmt)
-  predict = train.make_predict(trained.model)
+  predict = evaluation.make_predict(trained.model)
   source = data_lib.load_dataset(trained.config.data).test
   worst, mismatched, n = 0.0, [], 0
   examples = input_pipeline.eval_examples(source, mean=trained.mean, std=trained.std)
@@ -314,8 +314,8 @@ def main(argv):
   if not (os.path.isdir(best) and any(n.isdigit() for n in os.listdir(best))):
     # Checked here, before the checkpoint library starts (and leaves folders behind).
     raise UserError(f'{best} holds no checkpoint yet: nothing to export')
-  from limijax import train  # pylint: disable=g-import-not-at-top
-  trained = train.load_run(FLAGS.workdir)
+  from limijax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  trained = workdir_lib.load_run(FLAGS.workdir)
   cfg = model_config(trained.config)
   export(trained.params, trained.model_state, cfg, trained.mean, trained.std, FLAGS.out,
          FLAGS.with_normalisation)

@@ -65,7 +65,8 @@ def import_state_dict(path: str, config, workdir: str, mean: float | None = None
   """Write the run folder ``workdir``; returns its best checkpoint's meta."""
   if holds_run(workdir):
     raise UserError(f'workdir {workdir} already holds a run; import into a new --workdir')
-  from limijax import export, torch_convert, train  # pylint: disable=g-import-not-at-top
+  from limijax import export, torch_convert  # pylint: disable=g-import-not-at-top
+  from limijax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   sd, stored_cfg, norm = export.read_torch_file(path)
   try:
     params, model_state = torch_convert.state_dict_to_flax(sd, config)
@@ -83,12 +84,12 @@ def import_state_dict(path: str, config, workdir: str, mean: float | None = None
   mean, std = float(mean), float(std)
   if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
     raise UserError(f'normalisation needs a finite mean and std > 0, got {mean}, {std}')
-  train.claim_workdir(config, workdir)
+  workdir_lib.claim_workdir(config, workdir)
   meta = {'epoch': 0, 'mean': mean, 'std': std, 'val': None,
           'imported_from': os.path.abspath(path)}
   import jax  # pylint: disable=g-import-not-at-top
   # device_put copies; jnp.asarray would compile a small program per leaf shape.
-  train.write_best(workdir, jax.device_put(params), jax.device_put(model_state), meta)
+  workdir_lib.write_best(workdir, jax.device_put(params), jax.device_put(model_state), meta)
   return meta
 
 

@@ -9,7 +9,8 @@ Training, per sample (the usual IRSTD recipe plus the paper's ITS, section 3.2):
    ``crop_target_prob``; an image smaller than the crop sits at a random place on a
    canvas of the mean grey, i.e. it is zero-padded in normalised space;
 2. horizontal flip, vertical flip and transpose, each with probability 0.5;
-3. ITS pseudo targets, painted on the crop before normalisation;
+3. ITS pseudo targets, painted on the crop's own image pixels (never on the padding
+   around a small image) before normalisation;
 4. normalisation ``(x - mean) / std``.
 
 Seeds and epochs: the shuffle, the crop/flip draws and the ITS draws each get their own
@@ -25,12 +26,17 @@ Evaluation images keep their size: each is normalised and zero-padded (in normal
 space, as during training) at the bottom and right to a multiple of 16, so that every
 downsampling stage of the model divides it evenly; :func:`crop_to_size` cuts
 predictions back.
+
+:class:`Prefetch` draws an epoch's batches in a background thread while the training
+step runs.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence
+import queue
+import threading
+from typing import Any, Callable, Iterator, Sequence
 
 from absl import flags
 import grain
@@ -318,3 +324,52 @@ def save_preview(source, path, *, image_size: int, mean: float, std: float, seed
   fig.suptitle('training samples (seed %d): real targets cyan, ITS pseudo targets orange'
                % seed, fontsize=9)
   fig.savefig(path)
+
+
+# --------------------------------------------------------------------------- prefetch
+class Prefetch:
+  """The next ``n`` results of ``draw()``, made by a background thread at most ``depth``
+  ahead of the consumer (:meth:`get`, in order).
+
+  The training loop draws each epoch's batches this way: reading, augmenting and moving a
+  batch to the device overlaps the device's work and the host's dispatch of the step
+  before it, instead of following them. The thread stops after ``n``, so once an epoch's
+  batches are consumed the input iterators stand exactly where drawing them one by one
+  would leave them (their state goes into the checkpoint). An exception in ``draw`` is
+  raised by the :meth:`get` that would have returned its result.
+  """
+
+  def __init__(self, draw: Callable[[], Any], n: int, depth: int = 2):
+    self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._work, args=(draw, n), daemon=True,
+                                    name='limijax-prefetch')
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _work(self, draw, n: int) -> None:
+    try:
+      for _ in range(n):
+        if not self._put((draw(), None)):
+          return
+    except BaseException as e:  # pylint: disable=broad-except  (re-raised by get)
+      self._put((None, e))
+
+  def get(self):
+    item, error = self._queue.get()
+    if error is not None:
+      raise error
+    return item
+
+  def close(self) -> None:
+    """Stops the thread (after the batch it is drawing) and waits for it."""
+    self._stop.set()
+    self._thread.join()

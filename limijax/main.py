@@ -73,8 +73,6 @@ def main(argv):
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS['config']))
   print(f'workdir: {workdir}', flush=True)
   logging.set_verbosity(logging.INFO)
-  from limijax import process  # pylint: disable=g-import-not-at-top
-  logging.info('%s', process.described())
   if FLAGS.library_logs:
     from limijax.errors import QUIET_LIBRARIES  # pylint: disable=g-import-not-at-top
     logging.get_absl_handler().removeFilter(QUIET_LIBRARIES)

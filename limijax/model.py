@@ -232,7 +232,7 @@ _broadcast_hw.defvjp(_broadcast_hw_fwd, _broadcast_hw_bwd)
 
 
 # The valid region of a batch padded beyond its images' own sizes (evaluation in shared
-# shapes, :func:`limijax.train.evaluate_source`), while :meth:`LimiNet.__call__` runs with
+# shapes, :func:`limijax.evaluation.evaluate_source`), while :meth:`LimiNet.__call__` runs with
 # ``valid_hw``: a :class:`_Valid`; None otherwise.
 _VALID = contextvars.ContextVar('limijax_valid', default=None)
 

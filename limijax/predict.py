@@ -246,25 +246,26 @@ def _jax_segmenter(workdir: str, sizes: Sequence[tuple[int, int]] = ()):
   """image (H, W) uint8 -> bool mask of the run's best checkpoint.
 
   ``sizes``: the (H, W) of the images to come. Padded to multiples of 16, they are grouped
-  into at most :data:`limijax.train.EVAL_SHAPES` shapes as evaluation groups them
-  (:func:`limijax.train.shape_buckets`), so that the model compiles at most that many
+  into at most :data:`limijax.evaluation.EVAL_SHAPES` shapes as evaluation groups them
+  (:func:`limijax.evaluation.shape_buckets`), so that the model compiles at most that many
   times; an image smaller than its group's shape is padded further and the model is told
   its own size (its logits equal those at its own size to float rounding). An image of a
   size not among ``sizes`` runs at its own padded size."""
   # Imported only here, after the checks on the inputs, so that a wrong --mask_dir fails
   # before JAX loads and the ONNX backend never loads it.
-  from limijax import input_pipeline, train  # pylint: disable=g-import-not-at-top
-  trained = train.load_run(workdir)
-  predict = train.make_predict(trained.model)
+  from limijax import evaluation, input_pipeline  # pylint: disable=g-import-not-at-top
+  from limijax.workdir import load_run  # pylint: disable=g-import-not-at-top
+  trained = load_run(workdir)
+  predict = evaluation.make_predict(trained.model)
   counts = collections.Counter(input_pipeline.padded_hw(h, w, 16) for h, w in sizes)
-  plan, masked = train.shape_plan(counts, train.EVAL_SHAPES) if counts else ({}, set())
+  plan, masked = evaluation.shape_plan(counts, evaluation.EVAL_SHAPES) if counts else ({}, set())
 
   def segment(image):
     x = input_pipeline.pad_to_multiple((image.astype(np.float32) - trained.mean) / trained.std,
                                        16)
     shape = plan.get(x.shape, x.shape)
     # one program per shape: with masks for every image of it, or for none
-    logits = train.predict_in_shape(predict, trained.params, trained.model_state,
+    logits = evaluation.predict_in_shape(predict, trained.params, trained.model_state,
                                     [x[None, :, :, None]], shape, shape in masked)
     return input_pipeline.crop_to_size(np.asarray(logits)[0, :, :, 0], image.shape) > 0
 

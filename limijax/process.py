@@ -20,8 +20,8 @@ BENCHMARKS.md) and each off with an environment variable:
   one, so the command executes itself again at once with it added to
   ``GLIBC_TUNABLES``.
 
-:func:`described` says what is in force; ``python -m limijax.main`` logs it as its first
-line, and each command's ``--help`` names this module.
+:func:`described` says what is in force; training logs it once its workdir is claimed,
+and each command's ``--help`` names this module.
 """
 
 from __future__ import annotations

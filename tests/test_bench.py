@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -22,8 +21,8 @@ from limijax import losses
 from limijax import model as model_lib
 from limijax import torch_convert
 from limijax import torch_twin
-from limijax import train
 from limijax.data import splits
+from limijax import evaluation
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -199,7 +198,7 @@ def test_cli_json_rows_on_small_inputs():
 
 def test_cli_eval_row_compiles_a_handful_of_shapes_against_one_per_size():
   # The split has 20 images of 10 padded sizes: evaluate_source compiles one program per
-  # shape it groups them into (train.EVAL_SHAPES), the per-image loop one per size.
+  # shape it groups them into (evaluation.EVAL_SHAPES), the per-image loop one per size.
   command = [sys.executable, '-m', 'limijax.bench', '--json', '--only=eval',
              '--image_size=32', '--repeats=1', '--no_torch_compile']
   proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -207,7 +206,7 @@ def test_cli_eval_row_compiles_a_handful_of_shapes_against_one_per_size():
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   (row,) = out['rows']
   assert row['name'] == 'eval_sizes10' and row['images'] == 20 and row['padded_shapes'] == 10
-  assert row['compilations'] == train.EVAL_SHAPES == 4
+  assert row['compilations'] == evaluation.EVAL_SHAPES == 4
   assert row['per_image_loop']['compilations'] == 10
   assert row['first_pass_s'] > 0 and row['per_image_loop']['first_pass_s'] > 0
   assert row['images_per_s'] == pytest.approx(1e3 / row['jax_ms'])

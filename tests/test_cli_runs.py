@@ -29,7 +29,9 @@ from PIL import Image
 import pytest
 from scipy import ndimage
 
-from limijax import train
+from limijax import workdir as workdir_lib
+from limijax import run_log
+from limijax import evaluation
 from tiny_run import assert_one_line_error, kill_when
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -87,7 +89,7 @@ def _records(workdir):
 
 
 def _without_wall_time(records):  # and the other times of this machine
-  return [{k: v for k, v in r.items() if k not in train.TIMING_KEYS}
+  return [{k: v for k, v in r.items() if k not in run_log.TIMING_KEYS}
           for r in records]
 
 
@@ -212,7 +214,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(run, data_dir, tmp_path
   step = EPOCHS * STEPS_PER_EPOCH  # the schedule went on where it stopped
   latest_ref = _restore(os.path.join(ref, 'checkpoints', 'latest', str(step), 'state'))
   latest_new = _restore(os.path.join(w, 'checkpoints', 'latest', str(step), 'state'))
-  # Checkpoints hold one flat array per dtype (limijax.train); the state's last int32
+  # Checkpoints hold one flat array per dtype (limijax.workdir); the state's last int32
   # leaf is its step (the key 'step' sorts last).
   assert int(latest_new['int32'][-1]) == step
   _assert_trees_identical(latest_new, latest_ref)  # params, optimiser state, step
@@ -239,7 +241,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(run, data_dir, tmp_path
   # TensorBoard shows the replayed steps once, with the same values as the reference.
   tb_new, tb_ref = _tb_scalars(w), _tb_scalars(ref)
   assert tb_new.keys() == tb_ref.keys()
-  timed = tuple('/' + k for k in train.TIMING_KEYS)
+  timed = tuple('/' + k for k in run_log.TIMING_KEYS)
   assert ({k: v for k, v in tb_new.items() if not k[0].endswith(timed)} ==
           {k: v for k, v in tb_ref.items() if not k[0].endswith(timed)})
 
@@ -383,8 +385,7 @@ def test_predict_writes_masks_and_overlays(run, tmp_path):
 
   # The mask is the model's own decision, logit > 0, on the normalised image at its size.
   import jax  # pylint: disable=g-import-not-at-top
-  from limijax import train  # pylint: disable=g-import-not-at-top
-  trained = train.load_run(run['workdir'])
+  trained = workdir_lib.load_run(run['workdir'])
   x = (odd.astype(np.float32) - trained.mean) / trained.std
   padded = np.zeros((1, 48, 64, 1), np.float32)  # 37 x 50 padded to multiples of 16
   padded[0, :37, :50, 0] = x
@@ -403,11 +404,11 @@ def test_predict_writes_masks_and_overlays(run, tmp_path):
 
 def test_predict_groups_the_sizes_and_gives_each_image_its_own_size_mask(run, tmp_path,
                                                                         monkeypatch):
-  # One shape for every size (train.EVAL_SHAPES = 1): 37 x 50 runs at its padded 48 x 64,
+  # One shape for every size (evaluation.EVAL_SHAPES = 1): 37 x 50 runs at its padded 48 x 64,
   # 20 x 30 inside 48 x 64 with its own size (32 x 32) given to the model: one program.
   import jax  # pylint: disable=g-import-not-at-top
-  from limijax import predict, train  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(train, 'EVAL_SHAPES', 1)
+  from limijax import predict  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(evaluation, 'EVAL_SHAPES', 1)
   rng = np.random.default_rng(4)
   images = {'big': rng.integers(0, 60, (37, 50)).astype(np.uint8),
             'small': rng.integers(0, 60, (20, 30)).astype(np.uint8)}
@@ -415,11 +416,11 @@ def test_predict_groups_the_sizes_and_gives_each_image_its_own_size_mask(run, tm
   for stem, image in images.items():
     Image.fromarray(image).save(tmp_path / f'{stem}.png')
   files = [str(tmp_path / f'{stem}.png') for stem in images]
-  predict_fn = train.make_predict(train.load_run(run['workdir']).model)
+  predict_fn = evaluation.make_predict(workdir_lib.load_run(run['workdir']).model)
   before = predict_fn._cache_size()
   predict.predict_files(run['workdir'], files, str(tmp_path / 'out'), progress=False)
   assert predict_fn._cache_size() - before <= 1  # one shape, at most one new program
-  trained = train.load_run(run['workdir'])
+  trained = workdir_lib.load_run(run['workdir'])
   own = jax.jit(lambda v, x: trained.model.apply(v, x, train=False))
   for stem, image in images.items():
     h, w = image.shape

@@ -6,8 +6,9 @@ import pytest
 
 from limijax import metrics as metrics_lib
 from limijax import model as model_lib
-from limijax import train
 from limijax.defaults import base_config
+from limijax import workdir as workdir_lib
+from limijax import evaluation
 
 
 def _records(sizes, seed=0):
@@ -54,14 +55,14 @@ def test_batched_metrics_equal_one_at_a_time(batch_size):
   recs = _records(SIZES)
   mean, std, t = 60.0, 40.0, 3.5  # (250 - 60) / 40 = 4.75 > 3.5 > (120 - 60) / 40 >= dim, noise
   predict = _threshold_model()
-  got = train.evaluate_source(predict, {'t': np.float32(t)}, {}, recs, mean, std,
+  got = evaluation.evaluate_source(predict, {'t': np.float32(t)}, {}, recs, mean, std,
                               progress=False, batch_size=batch_size)
   want = _one_at_a_time(recs, mean, std, t)
   assert got == want  # exact: per-image sums are added in the images' order
   assert got['num_images'] == len(SIZES)
   assert 0 < want['pd'] < 1 and want['miou'] > 0  # the set is not trivial
   assert want['num_false_alarm_components'] > 0
-  # Compilations: one per padded shape (3 shapes, no more than train.EVAL_SHAPES). With
+  # Compilations: one per padded shape (3 shapes, no more than evaluation.EVAL_SHAPES). With
   # batch 2 the (32, 48) group of 5 runs as 2 + 2 + (1 and a copy), the (48, 32) group of
   # 3 as 2 + (1 and a copy); with batch 16 every group is smaller than a batch and runs at
   # batch 1.
@@ -79,7 +80,7 @@ def test_many_sizes_compile_at_most_max_shapes_and_score_as_one_at_a_time(max_sh
   recs = _records(MANY_SIZES, seed=2)
   mean, std, t = 60.0, 40.0, 3.5
   predict = _threshold_model()
-  got = train.evaluate_source(predict, {'t': np.float32(t)}, {}, recs, mean, std,
+  got = evaluation.evaluate_source(predict, {'t': np.float32(t)}, {}, recs, mean, std,
                               progress=False, batch_size=3, max_shapes=max_shapes)
   assert got == _one_at_a_time(recs, mean, std, t)
   assert predict._cache_size() == max_shapes  # 8 sizes, grouped into max_shapes shapes
@@ -91,16 +92,16 @@ def test_shape_buckets_merge_what_adds_the_fewest_padded_pixels():
   # 5 * 512 - 4 * 256 - 512 = 1024 pixels; (16, 16) with (32, 16) and (16, 32) with
   # (32, 16) also add 1024 (the first of the tied pairs in size order is taken); anything
   # with (64, 64) adds at least 3584.
-  assert train.shape_buckets(counts, 3) == {(16, 16): (16, 32), (16, 32): (16, 32),
+  assert evaluation.shape_buckets(counts, 3) == {(16, 16): (16, 32), (16, 32): (16, 32),
                                             (32, 16): (32, 16), (64, 64): (64, 64)}
   # Second merge: (32, 16) x1 into (16, 32) x5 -> (32, 32) x6 adds 6144 - 512 - 2560 = 3072,
   # less than (32, 16) with (64, 64) (3584) or (16, 32) x5 with (64, 64) (17920).
-  assert train.shape_buckets(counts, 2) == {(16, 16): (32, 32), (16, 32): (32, 32),
+  assert evaluation.shape_buckets(counts, 2) == {(16, 16): (32, 32), (16, 32): (32, 32),
                                             (32, 16): (32, 32), (64, 64): (64, 64)}
-  assert set(train.shape_buckets(counts, 1).values()) == {(64, 64)}
-  assert train.shape_buckets(counts, 4) == {s: s for s in counts}
+  assert set(evaluation.shape_buckets(counts, 1).values()) == {(64, 64)}
+  assert evaluation.shape_buckets(counts, 4) == {s: s for s in counts}
   with pytest.raises(ValueError, match='max_shapes'):
-    train.shape_buckets(counts, 0)
+    evaluation.shape_buckets(counts, 0)
 
 
 @pytest.mark.parametrize('variant', [
@@ -124,8 +125,8 @@ def test_model_on_a_padded_batch_with_valid_hw_equals_each_image_alone(variant):
   batch = np.full((len(sizes), 32, 48, 1), 5.0, np.float32)  # junk beyond each image
   for i, image in enumerate(images):
     batch[i, :image.shape[0], :image.shape[1], 0] = image
-  predict = train.make_predict(model)
-  params, model_state = train.split_variables(variables)
+  predict = evaluation.make_predict(model)
+  params, model_state = workdir_lib.split_variables(variables)
   valid_hw = np.array(sizes, np.int32)
   out = np.asarray(predict(params, model_state, batch, valid_hw))
   given = np.asarray(predict(params, model_state, batch, valid_hw,
@@ -144,12 +145,12 @@ def test_batched_evaluation_of_the_model_matches_batch_1():
   config = base_config()
   model = model_lib.from_config(config)
   variables = model_lib.init(model, jax.random.PRNGKey(3))  # jitted: op by op is slow
-  params, model_state = train.split_variables(variables)
+  params, model_state = workdir_lib.split_variables(variables)
   recs = _records([(32, 32), (30, 28), (32, 32), (20, 31), (32, 32)], seed=1)
-  predict = train.make_predict(model)
-  one = train.evaluate_source(predict, params, model_state, recs, 60.0, 40.0,
+  predict = evaluation.make_predict(model)
+  one = evaluation.evaluate_source(predict, params, model_state, recs, 60.0, 40.0,
                               progress=False, batch_size=1)
-  three = train.evaluate_source(predict, params, model_state, recs, 60.0, 40.0,
+  three = evaluation.evaluate_source(predict, params, model_state, recs, 60.0, 40.0,
                                 progress=False, batch_size=3)
   for key in one:
     assert one[key] == pytest.approx(three[key], abs=1e-6), key
@@ -174,21 +175,21 @@ def test_sizes_of_a_source_are_read_once_and_kept_for_the_next_evaluation():
   source = _CountingSource(recs)
   predict = _threshold_model()
   args = (predict, {'t': np.float32(3.5)}, {}, source, 60.0, 40.0)
-  first = train.evaluate_source(*args, progress=False)
+  first = evaluation.evaluate_source(*args, progress=False)
   assert source.reads == 2 * len(recs)  # the sizes, then the images
-  second = train.evaluate_source(*args, progress=False)
+  second = evaluation.evaluate_source(*args, progress=False)
   assert source.reads == 3 * len(recs)  # the images only
   assert first == second == _one_at_a_time(recs, 60.0, 40.0, 3.5)
 
 
 def test_inference_runs_a_cpu_batch_in_groups_of_up_to_infer_chunk_images():
-  assert train.INFER_CHUNK == 4
-  assert [train.infer_chunk(n, 'cpu') for n in (1, 3, 4, 7, 10, 16)] == [1, 3, 4, 1, 2, 4]
-  assert train.infer_chunk(16, 'gpu') == 16  # a GPU runs the whole batch
+  assert evaluation.INFER_CHUNK == 4
+  assert [evaluation.infer_chunk(n, 'cpu') for n in (1, 3, 4, 7, 10, 16)] == [1, 3, 4, 1, 2, 4]
+  assert evaluation.infer_chunk(16, 'gpu') == 16  # a GPU runs the whole batch
   model = model_lib.from_config(base_config())
   variables = model_lib.init(model, jax.random.PRNGKey(2))
-  params, model_state = train.split_variables(variables)
-  predict = train.new_predict(model)
+  params, model_state = workdir_lib.split_variables(variables)
+  predict = evaluation.new_predict(model)
   whole = jax.jit(lambda x, hw=None, masks=None: model.apply(variables, x, valid_hw=hw,
                                                              valid_masks=masks))
   rng = np.random.default_rng(4)

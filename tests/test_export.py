@@ -20,6 +20,8 @@ import torch
 
 from tiny_run import assert_one_line_error, config_args
 import twin_parity as tp
+from limijax import evaluation
+from limijax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 300
@@ -49,9 +51,8 @@ def _torch_threads():
 @pytest.fixture(scope='module')
 def run(tiny_run):
   """The shared tiny run (tests/conftest.py): its results.json and loaded best checkpoint."""
-  from limijax import train  # pylint: disable=g-import-not-at-top
   workdir, results = tiny_run
-  return {'workdir': workdir, 'results': results, 'trained': train.load_run(workdir)}
+  return {'workdir': workdir, 'results': results, 'trained': workdir_lib.load_run(workdir)}
 
 
 @pytest.fixture(scope='module')
@@ -262,14 +263,14 @@ def _images(folder):
 
 
 def test_predict_with_onnx_backend_equals_jax_and_never_imports_jax(run, tmp_path):
-  from limijax import export, image_io, import_torch, input_pipeline, train  # pylint: disable=g-import-not-at-top
+  from limijax import export, image_io, import_torch, input_pipeline  # pylint: disable=g-import-not-at-top
   from limijax import torch_convert  # pylint: disable=g-import-not-at-top
   trained = run['trained']
   inputs = tmp_path / 'in'
   _images(inputs)
   # One epoch leaves the run predicting (almost) no target; shift the final logit bias
   # so that about 2 % of the pixels are targets, away from any logit near 0.
-  predict = train.make_predict(trained.model)
+  predict = evaluation.make_predict(trained.model)
   logits = []
   for p in sorted(inputs.iterdir()):
     img = image_io.read_image(str(p))

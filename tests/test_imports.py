@@ -4,7 +4,6 @@ cycle; a limijax command that runs XLA (and only such a command) asks glibc for 
 (the bench's CLI test sees it happen) and adds its XLA flag."""
 
 import ast
-import importlib
 import json
 import os
 import pathlib
@@ -202,3 +201,25 @@ def test_a_command_sets_the_flag_and_its_help_says_so():
   for command in ('main', 'evaluate', 'predict', 'export', 'import_torch', 'summary', 'bench'):
     module = importlib.import_module(f'limijax.{command}')
     assert 'limijax.process' in module.__doc__, command
+
+
+def test_inference_commands_never_import_the_training_module():
+  # With limijax.train blocked, the inference-side commands and the code they call
+  # (evaluation, workdir loading, export and its check) import and build their pieces.
+  code = ('import sys; sys.modules["limijax.train"] = None\n'
+          'from limijax import evaluate, export, import_torch, predict, evaluation, workdir\n'
+          'from limijax import model\n'
+          'm = model.LimiNet(depthwise="grouped")\n'
+          'evaluation.make_predict(m)\n'
+          'print("ok", "limijax.train" in sys.modules and sys.modules["limijax.train"] is None)')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ['ok', 'True']
+  # And in the source: no function of theirs imports it either.
+  for name in ('evaluate', 'export', 'import_torch', 'predict', 'evaluation', 'workdir'):
+    tree = ast.parse((PACKAGE / f'{name}.py').read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                and n.module == 'limijax' for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert 'train' not in imported and 'limijax.train' not in imported, name

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import pytest
 
-from limijax import train
+from limijax import run_log
 from tiny_run import REPO, main_args
 
 EPOCHS, STEPS_PER_EPOCH = 3, 8  # 32 training images, batch 4
@@ -83,7 +83,7 @@ def _records(workdir):
 
 
 def _timeless(records):
-  return [{k: v for k, v in r.items() if k not in train.TIMING_KEYS}
+  return [{k: v for k, v in r.items() if k not in run_log.TIMING_KEYS}
           for r in records]
 
 

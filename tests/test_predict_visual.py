@@ -146,12 +146,12 @@ def folders(tmp_path):
 
 
 def test_predict_files_writes_the_comparison(folders, tmp_path, monkeypatch):
-  from limijax import train  # pylint: disable=g-import-not-at-top
+  from limijax import evaluation, workdir  # pylint: disable=g-import-not-at-top
   inputs, masks = folders
   # A stand-in for a trained run: logit +1 where the image is brighter than 100.
-  monkeypatch.setattr(train, 'load_run', lambda workdir: types.SimpleNamespace(
+  monkeypatch.setattr(workdir, 'load_run', lambda workdir: types.SimpleNamespace(
       model=None, params=None, model_state=None, mean=0.0, std=1.0))
-  monkeypatch.setattr(train, 'make_predict', lambda model: (
+  monkeypatch.setattr(evaluation, 'make_predict', lambda model: (
       lambda params, state, x: np.where(x > 100, 1.0, -1.0)))
   out = tmp_path / 'out'
   files = [str(inputs / 'a.png'), str(inputs / 'b.png')]
@@ -178,13 +178,36 @@ def test_predict_files_writes_the_comparison(folders, tmp_path, monkeypatch):
     assert im.size == (40, 12)
 
 
-def test_mask_of_another_size_stops_before_the_model(folders, tmp_path):
+def test_mask_of_another_aspect_stops_before_the_model(folders, tmp_path):
   inputs, masks = folders
   _save(masks / 'a.png', np.zeros((12, 41)))
   # No stand-in run here: the check must come before the run is loaded.
-  with pytest.raises(UserError, match='size mismatch'):
+  with pytest.raises(UserError, match=r'a\.png is 41x12 for its 40x12 image .*aspect'):
     predict.predict_files('unused', [str(inputs / 'a.png')], str(tmp_path / 'out'),
                           progress=False, mask_dir=str(masks))
+  assert not (tmp_path / 'out').exists()
+
+
+def test_mask_at_another_scale_is_resized_with_a_warning(folders, tmp_path, monkeypatch,
+                                                          capsys):
+  from limijax import evaluation, workdir  # pylint: disable=g-import-not-at-top
+  inputs, masks = folders
+  monkeypatch.setattr(workdir, 'load_run', lambda workdir: types.SimpleNamespace(
+      model=None, params=None, model_state=None, mean=0.0, std=1.0))
+  monkeypatch.setattr(evaluation, 'make_predict', lambda model: (
+      lambda params, state, x: np.where(x > 100, 1.0, -1.0)))
+  files = [str(inputs / 'a.png')]
+  predict.predict_files('unused', files, str(tmp_path / 'same'), progress=False,
+                        mask_dir=str(masks))
+  # The same mask at 3x the image's size: the same comparison picture, one warning line.
+  _save(masks / 'a.png', np.kron(GT * 255, np.ones((3, 3))))
+  predict.predict_files('unused', files, str(tmp_path / 'scaled'), progress=False,
+                        mask_dir=str(masks))
+  warnings = [l for l in capsys.readouterr().err.splitlines() if 'is 120x36 for its 40x12' in l]
+  assert len(warnings) == 1 and 'resized to the image' in warnings[0]
+  for name in ('a.png', 'a_overlay.png'):
+    assert ((tmp_path / 'same' / name).read_bytes() ==
+            (tmp_path / 'scaled' / name).read_bytes()), name
 
 
 def test_missing_mask_is_one_line_through_the_command(folders, tmp_path):

@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 
 from limijax import train
+from limijax import evaluation
+from limijax import run_log
+from limijax import workdir as workdir_lib
 from tiny_run import TWO_SEEDS, kill_when, main_args, synthetic_config
 
 
@@ -23,8 +26,8 @@ class _Killed(BaseException):
 
 def _kill_at_latest_save(monkeypatch, kill):
   """From now on train's save of a latest checkpoint raises _Killed instead of saving when
-  ``kill(workdir, step, best_manager)``; returns the real ``train._managers``."""
-  real_managers = train._managers  # pylint: disable=protected-access
+  ``kill(workdir, step, best_manager)``; returns the real ``workdir_lib.managers``."""
+  real_managers = workdir_lib.managers  # pylint: disable=protected-access
 
   def managers(workdir, **kwargs):
     latest, best = real_managers(workdir, **kwargs)
@@ -38,7 +41,7 @@ def _kill_at_latest_save(monkeypatch, kill):
     latest.save = save
     return latest, best
 
-  monkeypatch.setattr(train, '_managers', managers)
+  monkeypatch.setattr(train, 'managers', managers)
   return real_managers
 
 
@@ -53,13 +56,13 @@ def _assert_same_run(workdir, reference):
     results = json.load(f)
   for key in ('best_epoch', 'val', 'test', 'steps', 'baselines'):
     assert results[key] == ref_results[key], key
-  a, b = train.load_run(workdir), train.load_run(ref_dir)
+  a, b = workdir_lib.load_run(workdir), workdir_lib.load_run(ref_dir)
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(x, y)
 
   def records(w):
     with open(os.path.join(w, 'metrics.jsonl')) as f:
-      return [{k: v for k, v in json.loads(l).items() if k not in train.TIMING_KEYS}
+      return [{k: v for k, v in json.loads(l).items() if k not in run_log.TIMING_KEYS}
               for l in f]
 
   assert records(workdir) == records(ref_dir)
@@ -76,11 +79,11 @@ def test_resume_when_killed_between_the_best_and_latest_saves_then_during_the_fi
   assert os.listdir(os.path.join(workdir, 'checkpoints', 'best')) == ['8']
   assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints', 'latest'))
               if n.isdigit()]
-  monkeypatch.setattr(train, '_managers', real_managers)
+  monkeypatch.setattr(train, 'managers', real_managers)
 
   # 2. Resumed (from scratch, the best checkpoint of epoch 1 kept), it trains every epoch
   # and is killed while testing the best checkpoint.
-  real_evaluate = train.evaluate_source
+  real_evaluate = evaluation.evaluate_source
 
   def evaluate(*args, desc='eval', **kwargs):
     if desc == 'test':
@@ -91,7 +94,7 @@ def test_resume_when_killed_between_the_best_and_latest_saves_then_during_the_fi
   with pytest.raises(_Killed):
     train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
-  assert train._managers(workdir)[0].all_steps() == [24]  # pylint: disable=protected-access
+  assert workdir_lib.managers(workdir)[0].all_steps() == [24]  # pylint: disable=protected-access
   monkeypatch.setattr(train, 'evaluate_source', real_evaluate)
 
   # 3. Resumed again, it only tests: the run is the uninterrupted one.
@@ -131,8 +134,8 @@ def test_num_seeds_gives_each_seed_its_single_run(data_dir, tmp_path, two_seeds,
     with open(os.path.join(run['workdir'], 'config.json')) as f:
       stored = json.load(f)
     assert stored['seed'] == run['seed'] and stored['num_seeds'] == 1
-    assert train.evaluate_workdir(run['workdir'], 'test') == run['test']
-  a, b = (train.load_run(r['workdir']).params for r in results['runs'])
+    assert evaluation.evaluate_workdir(run['workdir'], 'test') == run['test']
+  a, b = (workdir_lib.load_run(r['workdir']).params for r in results['runs'])
   assert not np.array_equal(a['head']['logit']['kernel'], b['head']['logit']['kernel'])
   assert results['runs'][0]['baselines'] == results['runs'][1]['baselines']  # top-hat once
 
@@ -162,7 +165,7 @@ def test_num_seeds_a_diverged_seed_stops_alone(data_dir, tmp_path, monkeypatch, 
   assert [r['seed'] for r in results['runs']] == [0]
   assert 'step 11' in results['diverged'][1] and 'step 8' in results['diverged'][1]
   assert not os.path.exists(os.path.join(workdir, 'seed_1', 'results.json'))
-  assert train._managers(os.path.join(workdir, 'seed_1'))[0].all_steps() == [8]
+  assert workdir_lib.managers(os.path.join(workdir, 'seed_1'))[0].all_steps() == [8]
   # Seed 0 went on as if alone.
   assert results['runs'][0]['test'] == two_seeds[1]['runs'][0]['test']
 
@@ -176,7 +179,7 @@ def test_num_seeds_killed_by_sigkill_then_between_two_seeds_saves_resumes_identi
   args = main_args(workdir, data_dir, **TWO_SEEDS)
   # The same config as two_seeds, given as flags.
   with open(os.path.join(two_seeds[0], 'config.json')) as f:
-    assert train._config_dict(synthetic_config(data_dir, **TWO_SEEDS)) == json.load(f)
+    assert workdir_lib.config_dict(synthetic_config(data_dir, **TWO_SEEDS)) == json.load(f)
   log_path = os.path.join(workdir, 'seed_1', 'metrics.jsonl')
 
   def seed_1_logged_step_10():  # step 10 is in epoch 2 (8 steps an epoch)
@@ -191,7 +194,7 @@ def test_num_seeds_killed_by_sigkill_then_between_two_seeds_saves_resumes_identi
   assert code == -signal.SIGKILL
   for seed in (0, 1):
     seed_dir = os.path.join(workdir, f'seed_{seed}')
-    assert train._managers(seed_dir)[0].all_steps() == [8]
+    assert workdir_lib.managers(seed_dir)[0].all_steps() == [8]
     assert not os.path.exists(os.path.join(seed_dir, 'results.json'))
 
   # 2. Resumed, and killed once seed 0 has saved epoch 2 and seed 1 has not.
@@ -201,7 +204,7 @@ def test_num_seeds_killed_by_sigkill_then_between_two_seeds_saves_resumes_identi
     train.train_and_evaluate(synthetic_config(data_dir, **TWO_SEEDS), workdir, progress=False)
   assert real_managers(os.path.join(workdir, 'seed_0'))[0].all_steps() == [8, 16]
   assert real_managers(os.path.join(workdir, 'seed_1'))[0].all_steps() == [8]
-  monkeypatch.setattr(train, '_managers', real_managers)
+  monkeypatch.setattr(train, 'managers', real_managers)
 
   # 3. Resumed again, to the end.
   results = train.train_and_evaluate(synthetic_config(data_dir, **TWO_SEEDS), workdir,

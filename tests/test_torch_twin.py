@@ -23,6 +23,7 @@ import torch
 from limijax import summary
 from limijax import torch_convert
 from limijax import torch_twin
+from limijax import workdir as workdir_lib
 
 import twin_parity as tp
 
@@ -47,8 +48,7 @@ def random_weights():
 @pytest.fixture(scope='module')
 def trained(tiny_run):
   """The best checkpoint of the shared tiny run (tests/conftest.py): the default model."""
-  from limijax import train  # pylint: disable=g-import-not-at-top
-  return train.load_run(tiny_run[0])
+  return workdir_lib.load_run(tiny_run[0])
 
 
 def _assert_parity(flax_fn, net, session, params, state, x, what, both_classes):
@@ -221,14 +221,15 @@ def test_twin_refuses_input_sizes_the_model_cannot_take():
 # The core package's second case also writes a metrics line, TensorBoard event included:
 # tensorboardX would import torch when it is installed (1.6 s per training process).
 _WRITE_METRICS = ('import tempfile, os\n'
-                  'log = importlib.import_module("limijax.train").MetricsLog(tempfile.mkdtemp())\n'
+                  'log = importlib.import_module("limijax.run_log").MetricsLog(tempfile.mkdtemp())\n'
                   'log.write("train", step=1, loss=0.5)\n'
                   'assert os.listdir(log.tb_dir), "no TensorBoard file"\n')
 
 
 @pytest.mark.parametrize('imports, absent, then', [
     (['torch_twin'], 'jax', ''),
-    (['model', 'train', 'predict', 'evaluate', 'export', 'import_torch', 'torch_convert',
+    (['model', 'train', 'evaluation', 'workdir', 'run_log', 'predict', 'evaluate', 'export',
+      'import_torch', 'torch_convert',
       'onnx_model', 'summary', 'main'], 'torch', _WRITE_METRICS),
 ])
 def test_twin_needs_no_jax_and_the_core_package_no_torch(imports, absent, then):

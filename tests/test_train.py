@@ -16,6 +16,10 @@ import pytest
 from limijax import defaults
 from limijax import train
 from limijax.errors import UserError
+from limijax import evaluation
+from limijax import input_pipeline
+from limijax import schedule as schedule_lib
+from limijax import workdir as workdir_lib
 from tiny_run import synthetic_config
 
 
@@ -45,7 +49,7 @@ def test_schedule_matches_torch_linear_then_cosine_step_by_step(steps_per_epoch)
   config = defaults.base_config()  # lr 5e-3, min 5e-4, 30 warm-up steps from 0.05, T 10
   config.num_epochs = 45
   expected = _torch_rates(config, steps_per_epoch, config.num_epochs)
-  schedule = jax.jit(train.make_schedule(config, steps_per_epoch))
+  schedule = jax.jit(schedule_lib.make_schedule(config, steps_per_epoch))
   got = np.array([float(schedule(t)) for t in range(len(expected))])
   np.testing.assert_allclose(got, expected, rtol=2e-7)
   # Landmarks worked out by hand: step 0 runs at 0.05 x 5e-3; after warm-up inside
@@ -87,17 +91,17 @@ def test_nan_loss_stops_with_one_clear_error_and_keeps_the_checkpoint(
   assert '\n' not in message
 
   # The checkpoint of epoch 1 is still there, restorable and finite.
-  latest, best = train._managers(workdir)  # pylint: disable=protected-access
+  latest, best = workdir_lib.managers(workdir)  # pylint: disable=protected-access
   assert latest.all_steps() == [8] and best.all_steps() == [8]
   from limijax import model as model_lib  # pylint: disable=g-import-not-at-top
-  tx, _ = train.make_optimizer(config, steps_per_epoch=8)
+  tx, _ = schedule_lib.make_optimizer(config, steps_per_epoch=8)
   template = jax.eval_shape(lambda: train.init_state(model_lib.from_config(config), tx,
                                                      train.seed_key(0)))
   here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  state = train._restore_tree(latest, 8, 'state', template, here)['state']  # pylint: disable=protected-access
+  state = workdir_lib.restore_tree(latest, 8, 'state', template, here)['state']  # pylint: disable=protected-access
   assert int(state['step']) == 8
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
-  trained = train.load_run(workdir)
+  trained = workdir_lib.load_run(workdir)
   assert trained.epoch == 1
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(trained.params))
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
@@ -115,7 +119,7 @@ def test_a_few_dozen_steps_on_one_batch_halve_the_loss():
   config = defaults.base_config()
   config.num_epochs, config.warmup_steps = 1, 0
   model = model_lib.LimiNet(depthwise='grouped')  # compiles faster (tests/tiny_run.py)
-  tx, schedule = train.make_optimizer(config, steps_per_epoch=40)
+  tx, schedule = schedule_lib.make_optimizer(config, steps_per_epoch=40)
   step = train.make_train_step(model, tx, schedule, config.loss)
   rng = np.random.default_rng(0)
   image = rng.normal(0, 1, (4, 32, 32, 1)).astype(np.float32)
@@ -139,7 +143,7 @@ def test_batchnorm_ablation_trains_its_statistics_and_load_run_restores_them(dat
   workdir = str(tmp_path / 'bn')
   config = synthetic_config(data_dir, **{'model.stem': 'dsconv_bn', 'num_epochs': 1})
   results = train.train_and_evaluate(config, workdir, progress=False)
-  run = train.load_run(workdir)
+  run = workdir_lib.load_run(workdir)
   stats = run.model_state['batch_stats']['stem_dsconv_bn']['bn']
   fresh = model_lib.init(run.model, jax.random.PRNGKey(0))['batch_stats']['stem_dsconv_bn']['bn']
   # Initial running statistics are mean 0, var 1; training on images normalised per
@@ -149,9 +153,9 @@ def test_batchnorm_ablation_trains_its_statistics_and_load_run_restores_them(dat
   assert not np.allclose(stats['var'], fresh['var'])
   # Evaluation uses the restored statistics: the test metrics of the run are what
   # evaluate_workdir gives, and another set of statistics gives other logits.
-  assert train.evaluate_workdir(workdir, 'test') == results['test']
+  assert evaluation.evaluate_workdir(workdir, 'test') == results['test']
   dataset_image = np.asarray(np.random.default_rng(1).normal(size=(1, 32, 32, 1)), np.float32)
-  predict = train.make_predict(run.model)
+  predict = evaluation.make_predict(run.model)
   with_stats = predict(run.params, run.model_state, dataset_image)
   with_fresh = predict(run.params, {'batch_stats': {'stem_dsconv_bn': {'bn': fresh}}},
                        dataset_image)
@@ -161,14 +165,14 @@ def test_batchnorm_ablation_trains_its_statistics_and_load_run_restores_them(dat
 # --------------------------------------------------------------------------- data_wait
 def test_prefetch_draws_exactly_n_in_order_and_raises_what_drawing_raised():
   source = iter(range(100))
-  feed = train.Prefetch(lambda: next(source), 5)
+  feed = input_pipeline.Prefetch(lambda: next(source), 5)
   assert [feed.get() for _ in range(5)] == [0, 1, 2, 3, 4]
   feed.close()
   assert next(source) == 5  # the thread drew the epoch's batches and not one more
 
   def broken():
     raise UserError('cannot read images/x.png')
-  feed = train.Prefetch(broken, 3)
+  feed = input_pipeline.Prefetch(broken, 3)
   with pytest.raises(UserError, match='images/x.png'):
     feed.get()
   feed.close()
@@ -176,7 +180,7 @@ def test_prefetch_draws_exactly_n_in_order_and_raises_what_drawing_raised():
   # Closed early (an exception in the training step): the thread stops, having drawn
   # at most the batch in hand plus its queue.
   drawn = []
-  feed = train.Prefetch(lambda: drawn.append(len(drawn)) or drawn[-1], 1000, depth=2)
+  feed = input_pipeline.Prefetch(lambda: drawn.append(len(drawn)) or drawn[-1], 1000, depth=2)
   assert feed.get() == 0
   feed.close()
   assert 1 <= len(drawn) <= 4
@@ -218,10 +222,10 @@ def test_train_lines_say_how_much_of_the_time_went_waiting_for_batches(
 
 
 # --------------------------------------------------------------------------- checkpoints
-def test_checkpoints_are_packed_and_the_older_layout_still_loads(tiny_run, tmp_path):
+def test_checkpoints_are_packed_and_another_layout_is_refused(tiny_run, tmp_path):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   workdir, _ = tiny_run
-  run = train.load_run(workdir)
+  run = workdir_lib.load_run(workdir)
   leaves = jax.tree.leaves({'params': run.params, 'model_state': run.model_state})
   # The shared run's best checkpoint: one flat float32 array, the leaves in order.
   best = os.path.join(workdir, 'checkpoints', 'best')
@@ -231,35 +235,33 @@ def test_checkpoints_are_packed_and_the_older_layout_still_loads(tiny_run, tmp_p
   np.testing.assert_array_equal(
       packed['float32'], np.concatenate([np.ravel(np.asarray(x)) for x in leaves]))
 
-  # A best checkpoint in the layout of earlier versions (one entry per array, no
-  # 'layout' in its meta) loads to the same weights.
+  # A best checkpoint in another layout (one entry per array, no 'layout' in its meta,
+  # as a version before the packed checkpoints wrote it) is refused in one line.
   old = tmp_path / 'old'
   (old / 'checkpoints').mkdir(parents=True)
   with open(os.path.join(workdir, 'config.json')) as f:
     (old / 'config.json').write_text(f.read())
-  manager = train._managers(str(old))[1]  # pylint: disable=protected-access
+  manager = workdir_lib.managers(str(old))[1]
   manager.save(step, args=ocp.args.Composite(
       model=ocp.args.StandardSave({'params': run.params, 'model_state': run.model_state}),
       meta=ocp.args.JsonSave({'epoch': run.epoch, 'mean': run.mean, 'std': run.std})))
   manager.wait_until_finished()
-  again = train.load_run(str(old))
-  assert again.epoch == run.epoch and (again.mean, again.std) == (run.mean, run.std)
-  for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(run.params), strict=True):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(UserError, match='a checkpoint of another layout'):
+    workdir_lib.load_run(str(old))
 
 
 def test_another_config_is_refused_by_a_workdir_whose_seed_folders_hold_checkpoints(tmp_path):
   first = synthetic_config('unused', num_seeds=2)
   workdir = str(tmp_path / 'w')
-  train.claim_workdir(first, workdir)
+  workdir_lib.claim_workdir(first, workdir)
   config_json = (tmp_path / 'w' / 'config.json').read_text()
   # No checkpoint anywhere yet: another config may take the workdir over.
-  train.claim_workdir(synthetic_config('unused', num_seeds=2, seed=5), workdir)
-  train.claim_workdir(first, workdir)
+  workdir_lib.claim_workdir(synthetic_config('unused', num_seeds=2, seed=5), workdir)
+  workdir_lib.claim_workdir(first, workdir)
   # A seed's checkpoint (a num_seeds run keeps them in seed_<seed>/): refused, untouched.
   (tmp_path / 'w' / 'seed_1' / 'checkpoints' / 'latest' / '8').mkdir(parents=True)
   with pytest.raises(UserError, match='another config'):
-    train.claim_workdir(synthetic_config('unused', num_seeds=2, seed=5), workdir)
+    workdir_lib.claim_workdir(synthetic_config('unused', num_seeds=2, seed=5), workdir)
   assert (tmp_path / 'w' / 'config.json').read_text() == config_json
 
 
