@@ -382,3 +382,27 @@ class Normalised(nn.Module):
 
   def forward(self, x):
     return self.model((x - self.mean) / self.std)
+
+
+# --------------------------------------------------------------------------- loss
+def c2f_loss(final, sides, y, loss_cfg):
+  """The C2F loss (paper eq. 1-4) of :func:`limijax.losses.loss_from_config` in torch (NCHW
+  logits): the same total and per-scale terms (``final``, ``side0`` ...), to float32
+  rounding. ``loss_cfg`` is the config's ``loss`` block."""
+  eps = float(loss_cfg.dice_eps)
+
+  def scale(logits, alpha):
+    t = y * (1.0 - alpha) + (1.0 - y) * alpha  # eq. (1)
+    sce = -torch.mean(t * F.logsigmoid(logits) + (1.0 - t) * F.logsigmoid(-logits))  # eq. (2)
+    p = torch.sigmoid(logits)
+    dice = 1.0 - (2.0 * torch.sum(p * y) + eps) / (torch.sum(p) + torch.sum(y) + eps)  # eq. (3)
+    return loss_cfg.lambda_sce * sce + loss_cfg.lambda_dice * dice
+
+  base = float(loss_cfg.weight_base)
+  alphas = tuple(loss_cfg.side_alphas)
+  if sides and len(sides) != len(alphas):
+    raise ValueError(f'{len(sides)} side outputs but {len(alphas)} side alphas')
+  terms = {'final': base ** (-loss_cfg.final_alpha) * scale(final, loss_cfg.final_alpha)}
+  for i, (logits, alpha) in enumerate(zip(sides, alphas)):
+    terms[f'side{i}'] = base ** (-alpha) * scale(logits, alpha)  # eq. (4)
+  return sum(terms.values()), terms

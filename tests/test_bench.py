@@ -16,6 +16,8 @@ import torch
 
 from limijax import process
 from limijax import bench
+from limijax.bench import harness
+from limijax.bench import rows
 from limijax import defaults
 from limijax import losses
 from limijax import model as model_lib
@@ -40,7 +42,7 @@ def test_torch_loss_golden_value():
   cfg = defaults.base_config().loss
   y = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
   zero = torch.zeros_like(y)
-  total, terms = bench.torch_c2f_loss(zero, (zero,) * 4, y, cfg)
+  total, terms = torch_twin.c2f_loss(zero, (zero,) * 4, y, cfg)
   per_scale = 0.6 * math.log(2) + 0.4 * 0.5
   weights = 1 + sum(2000.0 ** -a for a in (0.1, 0.05, 0.01, 0.001))
   assert float(total) == pytest.approx(per_scale * weights, rel=1e-6)
@@ -64,7 +66,7 @@ def test_torch_loss_equals_jax_loss_for_the_same_weights_and_batch():
     return torch.from_numpy(np.array(np.asarray(a).transpose(0, 3, 1, 2)))
 
   # The loss functions alone, on the same logits.
-  got, got_terms = bench.torch_c2f_loss(nchw(final), tuple(nchw(s) for s in sides),
+  got, got_terms = torch_twin.c2f_loss(nchw(final), tuple(nchw(s) for s in sides),
                                         nchw(mask), config.loss)
   assert float(got) == pytest.approx(float(want), rel=1e-6)
   for k, v in want_terms.items():
@@ -74,7 +76,7 @@ def test_torch_loss_equals_jax_loss_for_the_same_weights_and_batch():
   net.load_state_dict(torch_convert.flax_to_state_dict(params, state, config))
   with torch.no_grad():
     t_final, t_sides = net.train()(nchw(image))
-  got, _ = bench.torch_c2f_loss(t_final, t_sides, nchw(mask), config.loss)
+  got, _ = torch_twin.c2f_loss(t_final, t_sides, nchw(mask), config.loss)
   assert float(got) == pytest.approx(float(want), rel=1e-5)
   assert 0.5 < float(want) < 10  # a real loss, not a degenerate one
 
@@ -86,7 +88,7 @@ def test_torch_train_step_updates_the_twin_with_adamw():
   b = bench.Backends(config, jax.device_get(params), jax.device_get(state), 'cpu',
                      torch_compile=False)
   try:
-    batch = bench._train_batch(2, 32)  # pylint: disable=protected-access
+    batch = rows._train_batch(2, 32)  # pylint: disable=protected-access
     step = bench.torch_train_step(b, batch, compiled=False)
     twin = step.model
     before = twin.state_dict()['head.logit.bias'].clone()
@@ -232,7 +234,7 @@ def test_cli_bad_flag_is_one_line_exit_2():
 
 def test_interleaved_times_bursts_after_an_untimed_change_over_call(monkeypatch):
   calls, clock = [], [0.0]
-  monkeypatch.setattr(bench, '_now', lambda: clock[0])
+  monkeypatch.setattr(harness, 'now', lambda: clock[0])
 
   def make(name):
     def fn():  # on the fake clock
@@ -253,7 +255,7 @@ def test_interleaved_times_bursts_after_an_untimed_change_over_call(monkeypatch)
 
 def test_interleaved_change_over_lasts_change_over_s_before_the_timed_calls(monkeypatch):
   calls, clock = [], [0.0]
-  monkeypatch.setattr(bench, '_now', lambda: clock[0])
+  monkeypatch.setattr(harness, 'now', lambda: clock[0])
 
   def make(name):
     def fn():  # each call takes a quarter of a second on the fake clock
