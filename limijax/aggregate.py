@@ -149,7 +149,7 @@ def _numeric_keys(dicts: list[dict]) -> list[str]:
 
 # Keys that may differ between the seeds of one config: they change what is recorded,
 # not what is trained.
-NOT_THE_EXPERIMENT = ('seed', 'track_test')
+NOT_THE_EXPERIMENT = ('seed', 'track_test', 'vectorise_seeds')
 
 
 def _check_one_config(runs: list[dict], root: str) -> dict:

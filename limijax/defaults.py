@@ -13,7 +13,9 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # model init, augmentation, ITS; multi-seed runs vary only this
-  c.num_seeds = 1  # train this many seeds (seed, seed+1, ...) in one vectorised process
+  c.num_seeds = 1  # train this many seeds (seed, seed+1, ...) in one process, each as alone
+  c.vectorise_seeds = False  # num_seeds > 1: one vmap-ed step for a device's seeds (faster
+  # on a GPU; each seed then rounds differently from the same seed trained alone)
 
   # --- data ---------------------------------------------------------------
   c.data = d = ml_collections.ConfigDict()
@@ -117,7 +119,7 @@ def _check_run_keys(config) -> None:
               'log_every_steps', 'cosine_period_epochs'):
     if not (_int(config[key]) and config[key] > 0):
       raise ConfigError(key, f'must be a positive integer, got {config[key]!r}')
-  for key in ('track_test', 'tophat_baseline'):
+  for key in ('track_test', 'tophat_baseline', 'vectorise_seeds'):
     if not isinstance(config[key], bool):
       raise ConfigError(key, f'must be True or False, got {config[key]!r}')
   if not _int(config.seed):

@@ -16,7 +16,9 @@ single process.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
 from absl import logging
 
@@ -107,3 +109,52 @@ def put(tree, sharding):
     return jax.make_array_from_process_local_data(sharding, x[mine], x.shape)
 
   return jax.tree.map(one, tree)
+
+
+# --------------------------------------------------------------------------- placement
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where one seed's train state and batches live (two ``jax.sharding.Sharding``)."""
+  state: Any
+  batch: Any
+
+
+def place_seeds(num_seeds: int, batch_size: int, devices=None) -> tuple[list[Placement], str]:
+  """Each seed's :class:`Placement`, and a line for the log ('' on one device).
+
+  With ``num_seeds`` divisible by the device count (``jax.devices()``) in a single
+  process, each device trains whole seeds: seed k's state, batches and steps on device
+  k mod n. Otherwise, with several devices, each batch is split over a ``data`` mesh axis
+  and the state replicated, which is how several processes always train (every process
+  then holds the parameters it evaluates); the global batch size stays ``batch_size``.
+  When the work cannot be split evenly, one device trains (a warning; with several
+  processes, an error).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding  # pylint: disable=g-import-not-at-top
+  devices = jax.devices() if devices is None else devices
+  n = len(devices)
+  alone = [Placement(*(SingleDeviceSharding(jax.local_devices()[0]),) * 2)] * num_seeds
+  if n == 1:
+    return alone, ''
+  if num_seeds > 1 and num_seeds % n == 0 and jax.process_count() == 1:
+    return ([Placement(*(SingleDeviceSharding(devices[k % n]),) * 2) for k in range(num_seeds)],
+            f'data parallel over {n} devices (seeds split)')
+  if batch_size % n == 0:
+    mesh = Mesh(np.array(devices), ('data',))
+    where = f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''
+    return ([Placement(NamedSharding(mesh, P()), NamedSharding(mesh, P('data')))] * num_seeds,
+            f'data parallel over {n} devices (batch split){where}')
+  if jax.process_count() > 1:
+    raise UserError(f'config key batch_size: {batch_size} does not divide over the {n} '
+                    f'devices of the {jax.process_count()} processes')
+  logging.warning('%d devices divide neither num_seeds (%d) nor batch_size (%d): training '
+                  'on one device', n, num_seeds, batch_size)
+  return alone, ''
+
+
+def local(tree):
+  """This process's copy of replicated arrays (every array, in a single process)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda x: x if x.is_fully_addressable else x.addressable_data(0), tree)

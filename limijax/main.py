@@ -86,22 +86,22 @@ def main(argv):
   if not distributed.is_primary():  # process 0 reports (and wrote) the results
     return
   from limijax.metrics import format_metrics as fmt  # pylint: disable=g-import-not-at-top
-  runs = results['runs'] if 'runs' in results else [{**results, 'workdir': workdir}]
+  runs, several = results['runs'], config.num_seeds > 1
   for r in runs:
     t = r['test']
-    who = f'seed {r["seed"]}: ' if 'seed' in r else ''
+    who = f'seed {r["seed"]}: ' if several else ''
     print(f'{who}best epoch {r["best_epoch"]}; test {fmt(t)}  ({t["num_images"]} images)')
-  for seed, message in results.get('diverged', {}).items():
+  for seed, message in results['diverged'].items():
     print(f'seed {seed}: {message}')
   b = results['baselines'].get('tophat')
   if b:
     print(f'top-hat baseline on the same images: {fmt(b, ("miou", "pd", "fa"))}')
   for r in runs:
     print(f'wrote {os.path.join(r["workdir"], "results.json")}')
-  if 'runs' in results:
+  if several:
     print(json.dumps({'test': {r['seed']: r['test'] for r in runs}, 'tophat': b}))
   else:
-    print(json.dumps({'test': results['test'], 'tophat': b}))
+    print(json.dumps({'test': runs[0]['test'], 'tophat': b}))
 
 if __name__ == '__main__':
   _define_flags()

@@ -105,7 +105,7 @@ def tiny_run(shared_dir, data_dir):
   """(workdir, results) of the tiny run, trained in process once per test run. Read only:
   a test that changes a run trains its own."""
   r = built_once(shared_dir, 'tiny-run', _train(data_dir))
-  return r['workdir'], r['results']
+  return r['workdir'], r['results']['runs'][0]
 
 
 @pytest.fixture(scope='session')

@@ -14,6 +14,7 @@ import pytest
 
 from limijax import train
 from limijax import evaluation
+from limijax import seed_run
 from limijax import run_log
 from limijax import workdir as workdir_lib
 from tiny_run import TWO_SEEDS, kill_when, main_args, synthetic_config
@@ -41,7 +42,7 @@ def _kill_at_latest_save(monkeypatch, kill):
     latest.save = save
     return latest, best
 
-  monkeypatch.setattr(train, 'managers', managers)
+  monkeypatch.setattr(seed_run, 'managers', managers)
   return real_managers
 
 
@@ -79,7 +80,7 @@ def test_resume_when_killed_between_the_best_and_latest_saves_then_during_the_fi
   assert os.listdir(os.path.join(workdir, 'checkpoints', 'best')) == ['8']
   assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints', 'latest'))
               if n.isdigit()]
-  monkeypatch.setattr(train, 'managers', real_managers)
+  monkeypatch.setattr(seed_run, 'managers', real_managers)
 
   # 2. Resumed (from scratch, the best checkpoint of epoch 1 kept), it trains every epoch
   # and is killed while testing the best checkpoint.
@@ -90,12 +91,12 @@ def test_resume_when_killed_between_the_best_and_latest_saves_then_during_the_fi
       raise _Killed()
     return real_evaluate(*args, desc=desc, **kwargs)
 
-  monkeypatch.setattr(train, 'evaluate_source', evaluate)
+  monkeypatch.setattr(seed_run, 'evaluate_source', evaluate)
   with pytest.raises(_Killed):
     train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
   assert workdir_lib.managers(workdir)[0].all_steps() == [24]  # pylint: disable=protected-access
-  monkeypatch.setattr(train, 'evaluate_source', real_evaluate)
+  monkeypatch.setattr(seed_run, 'evaluate_source', real_evaluate)
 
   # 3. Resumed again, it only tests: the run is the uninterrupted one.
   train.train_and_evaluate(synthetic_config(data_dir), workdir, progress=False)
@@ -114,22 +115,16 @@ def test_num_seeds_gives_each_seed_its_single_run(data_dir, tmp_path, two_seeds,
   assert [r['seed'] for r in results['runs']] == [0, 1] and not results['diverged']
   assert sorted(os.listdir(workdir)) == ['config.json', 'seed_0', 'seed_1']
   single0 = train.train_and_evaluate(synthetic_config(data_dir, seed=0), str(tmp_path / 's0'),
-                                     progress=False)
-  # The same arithmetic rounded differently (vmapped, the shift depthwise form of
-  # TWO_SEEDS and 1x1 convolutions as matrix products, against the single runs' grouped
-  # form): mIoU and nIoU equal to 1e-2, Pd to one target, false alarms to two pixels, the
-  # same best epochs.
+                                     progress=False)['runs'][0]
+  # Each seed takes the step, data stream and choices of the same seed alone: the same
+  # results, metrics lines and weights, bit for bit.
   for run, single in zip(results['runs'], (single0, reference_run[1])):
     assert run['workdir'] == os.path.join(workdir, f'seed_{run["seed"]}')
-    assert run['best_epoch'] == single['best_epoch']
-    for split in ('val', 'test'):
-      for key in ('miou', 'niou'):
-        assert run[split][key] == pytest.approx(single[split][key], abs=1e-2), (split, key)
-      assert run[split]['num_targets'] == single[split]['num_targets']
-      matched = [m[split]['num_matched_targets'] for m in (run, single)]
-      assert abs(matched[0] - matched[1]) <= 1, (split, matched)
-      pixels = [m[split]['num_false_alarm_pixels'] for m in (run, single)]
-      assert abs(pixels[0] - pixels[1]) <= 2, (split, pixels)
+    for key in ('best_epoch', 'val', 'test', 'best_test_epoch', 'steps', 'baselines'):
+      assert run[key] == single[key], key
+    assert _records(run['workdir']) == _records(single['workdir'])
+    got, want = (workdir_lib.load_run(r['workdir']).params for r in (run, single))
+    jax.tree.map(np.testing.assert_array_equal, got, want)
     # Each seed's folder is a run of its own: its config is the single run's.
     with open(os.path.join(run['workdir'], 'config.json')) as f:
       stored = json.load(f)
@@ -140,20 +135,46 @@ def test_num_seeds_gives_each_seed_its_single_run(data_dir, tmp_path, two_seeds,
   assert results['runs'][0]['baselines'] == results['runs'][1]['baselines']  # top-hat once
 
 
+def _records(workdir):
+  """metrics.jsonl without the keys that measure the machine's speed."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [{k: v for k, v in json.loads(l).items() if k not in run_log.TIMING_KEYS} for l in f]
+
+
+def test_vectorised_seeds_train_nearly_as_alone(data_dir, tmp_path, two_seeds):
+  """vectorise_seeds: one vmap-ed step for both seeds (1x1 convolutions as matrix
+  products) rounds differently: mIoU and nIoU equal to 1e-2, Pd to one target, false
+  alarms to two pixels, the same best epochs."""
+  results = train.train_and_evaluate(
+      synthetic_config(data_dir, vectorise_seeds=True, **TWO_SEEDS), str(tmp_path / 'v'),
+      progress=False)
+  for run, alone in zip(results['runs'], two_seeds[1]['runs']):
+    assert run['best_epoch'] == alone['best_epoch']
+    for split in ('val', 'test'):
+      for key in ('miou', 'niou'):
+        assert run[split][key] == pytest.approx(alone[split][key], abs=1e-2), (split, key)
+      matched = [m[split]['num_matched_targets'] for m in (run, alone)]
+      assert abs(matched[0] - matched[1]) <= 1, (split, matched)
+      pixels = [m[split]['num_false_alarm_pixels'] for m in (run, alone)]
+      assert abs(pixels[0] - pixels[1]) <= 2, (split, pixels)
+  params = [workdir_lib.load_run(r['workdir']).params for r in results['runs']]
+  assert not np.array_equal(params[0]['head']['logit']['kernel'],
+                            params[1]['head']['logit']['kernel'])
+
+
 def test_num_seeds_a_diverged_seed_stops_alone(data_dir, tmp_path, monkeypatch, two_seeds):
   real_make_train_step = train.make_train_step
 
   def make_train_step(*args, **kwargs):
     step_fn = real_make_train_step(*args, **kwargs)
+    calls = {}
 
-    # One program for every leaf (op by op, each leaf shape compiled its own).
-    blow_up = jax.jit(lambda params: jax.tree.map(
-        lambda p: p.at[1].multiply(np.float32('nan')), params))
-
-    def poisoned(state, batch):
+    def poisoned(state, batch):  # called for seed 0, then seed 1, at every step
       new, out = step_fn(state, batch)
-      if int(new['step'][1]) == 10:  # seed 1's weights blow up in epoch 2
-        new['params'] = blow_up(new['params'])
+      step = int(new['step'])
+      calls[step] = calls.get(step, 0) + 1
+      if step == 10 and calls[step] == 2:  # seed 1's weights blow up in epoch 2
+        new['params'] = jax.tree.map(lambda p: p * np.float32('nan'), new['params'])
       return new, out
 
     return poisoned
@@ -204,7 +225,7 @@ def test_num_seeds_killed_by_sigkill_then_between_two_seeds_saves_resumes_identi
     train.train_and_evaluate(synthetic_config(data_dir, **TWO_SEEDS), workdir, progress=False)
   assert real_managers(os.path.join(workdir, 'seed_0'))[0].all_steps() == [8, 16]
   assert real_managers(os.path.join(workdir, 'seed_1'))[0].all_steps() == [8]
-  monkeypatch.setattr(train, 'managers', real_managers)
+  monkeypatch.setattr(seed_run, 'managers', real_managers)
 
   # 3. Resumed again, to the end.
   results = train.train_and_evaluate(synthetic_config(data_dir, **TWO_SEEDS), workdir,

@@ -142,7 +142,7 @@ def test_batchnorm_ablation_trains_its_statistics_and_load_run_restores_them(dat
   from limijax import model as model_lib  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / 'bn')
   config = synthetic_config(data_dir, **{'model.stem': 'dsconv_bn', 'num_epochs': 1})
-  results = train.train_and_evaluate(config, workdir, progress=False)
+  results = train.train_and_evaluate(config, workdir, progress=False)['runs'][0]
   run = workdir_lib.load_run(workdir)
   stats = run.model_state['batch_stats']['stem_dsconv_bn']['bn']
   fresh = model_lib.init(run.model, jax.random.PRNGKey(0))['batch_stats']['stem_dsconv_bn']['bn']
