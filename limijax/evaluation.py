@@ -49,7 +49,7 @@ def new_predict(model):
   """A new jitted inference ``(params, model_state, image[, valid_hw, valid_masks]) ->
   logits``, with compilations of its own. ``valid_hw`` ((N, 2) int32): each image's own
   size inside a batch padded beyond it, ``valid_masks`` its
-  :func:`limijax.model.valid_masks` (:meth:`limijax.model.LimiNet.__call__`). On a CPU
+  :func:`limijax.kernels.valid.valid_masks` (:meth:`limijax.model.LimiNet.__call__`). On a CPU
   the batch runs :func:`infer_chunk` images at a time; each image's logits are those of
   the whole batch at once to float rounding (the model treats every image alone)."""
   @jax.jit
@@ -163,7 +163,8 @@ def _padded_size_counts(source, multiple: int) -> dict[tuple[int, int], int]:
 
 def evaluate_source(predict, params, model_state, source, mean: float, std: float,
                     desc: str = 'eval', progress: bool = True, batch_size: int = 16,
-                    multiple: int = 16, max_shapes: int = EVAL_SHAPES) -> dict:
+                    multiple: int = 16, max_shapes: int = EVAL_SHAPES,
+                    keep: dict | None = None) -> dict:
   """The field's metrics of the model on every image of ``source`` at its own size.
 
   Each image is normalised and padded at the bottom/right to a multiple of `multiple`,
@@ -183,6 +184,8 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
   so the result equals scoring the images one at a time.
 
   ``predict(params, model_state, images[, valid_hw, valid_masks])``: :func:`make_predict`'s.
+  With ``keep`` (a dict) each image's logits at its own size, float32 (H, W), are kept
+  there under its index in ``source``.
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
@@ -208,9 +211,10 @@ def evaluate_source(predict, params, model_state, source, mean: float, std: floa
     out = []
     for j, ex in enumerate(group):
       one = metrics_lib.MetricAccumulator()
-      pred = metrics_lib.binarize_logits(input_pipeline.crop_to_size(logits[j, ..., 0],
-                                                                     ex['size']))
-      one.update(pred, ex['mask'])
+      own = input_pipeline.crop_to_size(logits[j, ..., 0], ex['size'])
+      if keep is not None:
+        keep[ex['index']] = np.array(own, np.float32)
+      one.update(metrics_lib.binarize_logits(own), ex['mask'])
       out.append((ex['index'], one))
     return out
 
@@ -257,6 +261,27 @@ def evaluate_workdir(workdir: str, split: str = 'test') -> dict:
   return evaluate_source(make_predict(run.model), run.params, run.model_state,
                          getattr(dataset, split), run.mean, run.std, desc=split,
                          batch_size=run.config.eval_batch_size)
+
+
+def split_logits(workdir: str, split: str = 'test') -> tuple[list[dict], dict]:
+  """The best checkpoint of the run in ``workdir`` on its ``split``: one record per image
+  in the split's order (``id``, ``image`` uint8 (H, W), ``mask`` bool (H, W) and
+  ``logits`` float32 (H, W), each at the image's own size) and the split's METRICS,
+  exactly :func:`evaluate_workdir`'s (thresholding the logits at 0 gives them again)."""
+  if split not in ('test', 'val'):
+    raise UserError(f'--split must be test or val, got {split!r}')
+  run = load_run(workdir)
+  source = getattr(data_lib.load_dataset(run.config.data), split)
+  kept: dict[int, np.ndarray] = {}
+  result = evaluate_source(make_predict(run.model), run.params, run.model_state, source,
+                           run.mean, run.std, desc=split,
+                           batch_size=run.config.eval_batch_size, keep=kept)
+  records = []
+  for i in range(len(source)):
+    r = source[i]
+    records.append({'id': str(r.get('id', i)), 'image': input_pipeline.plane(r['image']),
+                    'mask': input_pipeline.plane(r['mask']) > 0, 'logits': kept.pop(i)})
+  return records, result
 
 
 def tophat_floor(dataset) -> dict:

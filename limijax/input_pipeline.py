@@ -60,7 +60,7 @@ def _sub_seed(seed: int, stage: int) -> int:
   return int(np.random.SeedSequence([int(seed), stage]).generate_state(1)[0])
 
 
-def _plane(a) -> np.ndarray:
+def plane(a) -> np.ndarray:
   """(H, W) view of a record's image or mask; a trailing channel axis of 1 is dropped."""
   a = np.asarray(a)
   return a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a
@@ -153,7 +153,7 @@ class CropAndFlip(grain.transforms.RandomMap):
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     image, mask, valid = random_crop(
-        _plane(element['image']), _plane(element['mask']), self.size, rng,
+        plane(element['image']), plane(element['mask']), self.size, rng,
         crop_target_prob=self.crop_target_prob, pad_value=self.pad_value, with_valid=True)
     if self.flips:
       image, mask, valid = random_flips(image, mask, rng, valid)
@@ -247,7 +247,7 @@ def padded_hw(h: int, w: int, multiple: int = 16) -> tuple[int, int]:
 
 def padded_size(record, multiple: int = 16) -> tuple[int, int]:
   """The (H, W) that :func:`eval_examples` gives a record's image."""
-  return padded_hw(*_plane(record['image']).shape, multiple)
+  return padded_hw(*plane(record['image']).shape, multiple)
 
 
 def eval_examples(source, *, mean: float, std: float,
@@ -262,13 +262,13 @@ def eval_examples(source, *, mean: float, std: float,
   _check_stats(mean, std)
   for i in range(len(source)):
     rec = source[i]
-    image = _plane(rec['image'])
+    image = plane(rec['image'])
     h, w = image.shape
     norm = (image.astype(np.float32) - np.float32(mean)) / np.float32(std)
     norm = pad_to_multiple(norm, multiple, 0.0)
     yield {
         'image': norm[None, :, :, None],
-        'mask': _plane(rec['mask']) > 0,
+        'mask': plane(rec['mask']) > 0,
         'size': (h, w),
         'id': str(rec.get('id', i)),
     }

@@ -24,9 +24,9 @@ import os
 
 import numpy as np
 
+from limijax.architecture import STRIDE
 from limijax.errors import UserError
 
-STRIDE = 16
 INPUT_NAME, OUTPUT_NAME = 'image', 'logits'
 META_CONFIG = 'limijax.config'
 META_NORMALISATION = 'limijax.normalisation'

@@ -5,7 +5,10 @@
 
 For each input image writes ``<stem>.png`` (the binary mask, 0/255, at the image's own
 size) and ``<stem>_overlay.png`` (the grey image with every detected target outlined in
-red and its centroid marked) for a person to look at. With ``--mask_dir`` (ground-truth
+red and its centroid marked) for a person to look at. With ``--probs`` it also writes
+``probs/<stem>.png`` under the output folder: the probability map, 8-bit grey
+(``round(255 * p)``), which ``python -m limijax.evaluate --pred_dir=OUT/probs`` (at any
+``--threshold``) and ``python -m limijax.analyze --prob_dir=OUT/probs`` read. With ``--mask_dir`` (ground-truth
 masks named like the images, or NUAA-SIRST's ``<stem>_pixels0``) the overlay is instead
 the paper's visual comparison (Fig. 5, :func:`comparison`): correct detections red,
 missed targets blue, false alarms yellow, as Pd and Fa count them, and a zoomed inset
@@ -75,6 +78,9 @@ def _define_flags() -> None:
   flags.DEFINE_string('mask_dir', None, 'Optional folder of ground-truth masks with the '
                       'images\' stems (or <stem>_pixels0): the overlays then show correct '
                       'detections red, missed targets blue, false alarms yellow.')
+  flags.DEFINE_bool('probs', False, 'Also write OUT/probs/<stem>.png: the probability map '
+                    'as 8-bit grey, round(255 * p), for evaluate --pred_dir and analyze '
+                    '--prob_dir.')
 
 
 def list_inputs(path: str) -> list[str]:
@@ -205,11 +211,24 @@ def find_masks(files: Sequence[str], mask_dir: str) -> list[str]:
   return masks
 
 
+def probability_png(logits: np.ndarray) -> np.ndarray:
+  """uint8 ``round(255 * sigmoid(logits))``: a probability map as an 8-bit grey image.
+
+  Read back as ``value / 255 > 0.5`` it gives exactly the mask (``logits > 0``): a
+  positive logit has p > 0.5, so 255 p > 127.5 rounds to 128 or more; p = 0.5 exactly
+  (logit 0), which would round to 128, is written as 127."""
+  logits = np.asarray(logits, np.float64)
+  v = np.round(255.0 / (1.0 + np.exp(-logits)))
+  return np.where(logits > 0, v, np.minimum(v, 127)).astype(np.uint8)
+
+
 def predict_files(workdir: str | None, files: Sequence[str], out: str, progress: bool = True,
-                  mask_dir: str | None = None, onnx_model: str | None = None) -> list[str]:
+                  mask_dir: str | None = None, onnx_model: str | None = None,
+                  probs: bool = False) -> list[str]:
   """Write ``<stem>.png`` and ``<stem>_overlay.png`` per image; with ``mask_dir`` the
-  overlay is the :func:`comparison` with that image's ground truth. With ``onnx_model``
-  (an exported ``.onnx``) onnxruntime computes the masks and JAX is never imported."""
+  overlay is the :func:`comparison` with that image's ground truth; with ``probs`` also
+  ``probs/<stem>.png`` (:func:`probability_png`). With ``onnx_model`` (an exported
+  ``.onnx``) onnxruntime computes the masks and JAX is never imported."""
   masks = find_masks(files, mask_dir) if mask_dir else [None] * len(files)
   for path, mask_path in zip(files, masks):  # from the headers, before any prediction
     if mask_path is None:
@@ -222,16 +241,19 @@ def predict_files(workdir: str | None, files: Sequence[str], out: str, progress:
       print(f'warning: {line}', file=sys.stderr, flush=True)
   if onnx_model is not None:
     from limijax import onnx_model as onnx_lib  # pylint: disable=g-import-not-at-top
-    segment = onnx_lib.OnnxModel(onnx_model).segment
+    logits_of = onnx_lib.OnnxModel(onnx_model).logits
   else:
-    segment = _jax_segmenter(workdir, [image_io.image_size(p)[::-1] for p in files])
-  os.makedirs(out, exist_ok=True)
+    logits_of = _jax_logits(workdir, [image_io.image_size(p)[::-1] for p in files])
+  os.makedirs(os.path.join(out, 'probs') if probs else out, exist_ok=True)
   written = []
   for path, mask_path in tqdm(list(zip(files, masks)), desc='predict', disable=not progress):
     image = image_io.read_image(path)
-    mask = segment(image)
+    logits = logits_of(image)
+    mask = logits > 0
     stem = os.path.splitext(os.path.basename(path))[0]
     Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(out, f'{stem}.png'))
+    if probs:
+      Image.fromarray(probability_png(logits)).save(os.path.join(out, 'probs', f'{stem}.png'))
     if mask_path is None:
       picture = overlay(image, mask)
     else:
@@ -242,8 +264,8 @@ def predict_files(workdir: str | None, files: Sequence[str], out: str, progress:
   return written
 
 
-def _jax_segmenter(workdir: str, sizes: Sequence[tuple[int, int]] = ()):
-  """image (H, W) uint8 -> bool mask of the run's best checkpoint.
+def _jax_logits(workdir: str, sizes: Sequence[tuple[int, int]] = ()):
+  """image (H, W) uint8 -> float32 (H, W) logits of the run's best checkpoint.
 
   ``sizes``: the (H, W) of the images to come. Padded to multiples of 16, they are grouped
   into at most :data:`limijax.evaluation.EVAL_SHAPES` shapes as evaluation groups them
@@ -260,16 +282,16 @@ def _jax_segmenter(workdir: str, sizes: Sequence[tuple[int, int]] = ()):
   counts = collections.Counter(input_pipeline.padded_hw(h, w, 16) for h, w in sizes)
   plan, masked = evaluation.shape_plan(counts, evaluation.EVAL_SHAPES) if counts else ({}, set())
 
-  def segment(image):
+  def logits_of(image):
     x = input_pipeline.pad_to_multiple((image.astype(np.float32) - trained.mean) / trained.std,
                                        16)
     shape = plan.get(x.shape, x.shape)
     # one program per shape: with masks for every image of it, or for none
     logits = evaluation.predict_in_shape(predict, trained.params, trained.model_state,
                                     [x[None, :, :, None]], shape, shape in masked)
-    return input_pipeline.crop_to_size(np.asarray(logits)[0, :, :, 0], image.shape) > 0
+    return input_pipeline.crop_to_size(np.asarray(logits)[0, :, :, 0], image.shape)
 
-  return segment
+  return logits_of
 
 
 def main(argv):
@@ -284,8 +306,9 @@ def main(argv):
     raise UserError('--model needs --backend=onnx')
   files = list_inputs(FLAGS.input)
   stems = predict_files(FLAGS.workdir, files, FLAGS.out, mask_dir=FLAGS.mask_dir,
-                        onnx_model=FLAGS.model if onnx else None)
-  print(f'wrote {len(stems)} masks and overlays to {FLAGS.out}')
+                        onnx_model=FLAGS.model if onnx else None, probs=FLAGS.probs)
+  extra = f' and probability maps (in {os.path.join(FLAGS.out, "probs")})' if FLAGS.probs else ''
+  print(f'wrote {len(stems)} masks and overlays{extra} to {FLAGS.out}')
 
 
 if __name__ == '__main__':

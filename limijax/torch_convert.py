@@ -13,7 +13,7 @@ torch weight ``(O, I, kh, kw)`` (OIHW), ``weight = kernel.transpose(3, 2, 0, 1)`
 depthwise kernel, stored by flax as ``(kh, kw, 1, C)``, thereby becomes torch's grouped
 ``(C, 1, kh, kw)``; so does the depthwise stride-2 transposed kernel of HUF, which is
 ``ConvTranspose2d``'s ``(in, out / groups, kh, kw) = (C, 1, 4, 4)`` *without* a spatial
-flip, because :func:`limijax.depthwise.depthwise_conv_transpose2x` stores the kernel in
+flip, because :func:`limijax.kernels.depthwise.depthwise_conv_transpose2x` stores the kernel in
 PyTorch's orientation already (its ``grouped`` form flips it for the dilated-input
 convolution it runs). ECA's 1-D kernel ``(k,)`` is the ``Conv1d`` weight ``(1, 1, k)``.
 GroupNorm and BatchNorm scales and biases are 1-D in both.

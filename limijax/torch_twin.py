@@ -32,20 +32,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-# The flax model's constants (limijax.model), repeated so that this module needs no JAX.
-STEMS = ('ses', 'dsconv_bn')
-BLOCKS = ('lmb', 'residual')
-UPSAMPLERS = ('huf', 'bilinear')
-HEADS = ('c2f', 'fpn')
-STRIDE = 16
-GN_EPS = 1e-5
-BN_EPS = 1e-5
-BN_MOMENTUM = 0.1  # = flax momentum 0.9
-PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
-# The model config keys that define the architecture (``depthwise`` only picks how flax
-# computes a depthwise convolution and does not matter here).
-MODEL_KEYS = ('channels', 'stem_channels', 'in_channels', 'stem', 'block', 'upsampler',
-              'head')
+from limijax.architecture import (BLOCKS, BN_EPS, GN_EPS, HEADS, MODEL_KEYS, PRIOR_BIAS,  # noqa: F401
+                                  STEMS, STRIDE, UPSAMPLERS)
+from limijax.architecture import BN_MOMENTUM_TORCH as BN_MOMENTUM
 
 
 def _mean_hw(x: torch.Tensor, dims: int) -> torch.Tensor:

@@ -87,8 +87,8 @@ def make_train_step(model, tx, schedule, loss_cfg):
 def make_vectorised_step(model, tx, schedule, loss_cfg, size: int):
   """``size`` seeds' updates as one program, ``(states, batches) -> (states, outputs)``
   over tuples: the seeds are stacked, one ``vmap``-ed step (1x1 convolutions traced as
-  matrix products, :func:`limijax.model.pointwise_as_matmul`: under ``vmap`` a
-  convolution becomes a slow grouped one) updates them, and they are split again. Used
+  matrix products, ``LimiNet.pointwise = 'matmul'``: under ``vmap`` a convolution
+  becomes a slow grouped one) updates them, and they are split again. Used
   with ``vectorise_seeds`` only: faster on a GPU, but each seed rounds differently from
   the same seed trained alone."""
   return _vectorised_step(model, tx, schedule, _frozen(loss_cfg), size)
@@ -101,11 +101,8 @@ def _frozen(loss_cfg) -> tuple:
 
 @functools.lru_cache(maxsize=16)
 def _vectorised_step(model, tx, schedule, frozen_loss: tuple, size: int):
-  train_step = _step_function(model, tx, schedule, frozen_loss)
-
-  def matmul_step(state, batch):
-    with model_lib.pointwise_as_matmul():
-      return train_step(state, batch)
+  # The same network and parameters, its 1x1 convolutions traced as matrix products.
+  matmul_step = _step_function(model.clone(pointwise='matmul'), tx, schedule, frozen_loss)
 
   def step(states, batches):
     stack = lambda *xs: jnp.stack(xs)  # pylint: disable=unnecessary-lambda-assignment
@@ -249,17 +246,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         t_data = time.time()
         batches = feed.get()
         window.data_wait += time.time() - t_data
-        outs = [None] * len(runs)
-        for g in groups:
-          if len(g) == 1:
-            runs[g[0]].state, outs[g[0]] = train_step(runs[g[0]].state, batches[g[0]])
-          else:
-            states, group_outs = group_steps[len(g)](tuple(runs[k].state for k in g),
-                                                     tuple(batches[k] for k in g))
-            for k, s, o in zip(g, states, group_outs):
-              runs[k].state, outs[k] = s, o
         step += 1
-        window.pending.append((step, outs))
+        window.pending.append((step, _step_seeds(runs, groups, batches, train_step, group_steps)))
         # A log line at step 1, every log_every_steps and at the end of each epoch (so a
         # window never spans a checkpoint and a resumed run logs the same means).
         if step == 1 or step % config.log_every_steps == 0 or i == steps_per_epoch - 1:
@@ -289,6 +277,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    name, results[-1]['test']['miou'], results[-1]['best_epoch'])
   return {'runs': results, 'baselines': baselines,
           'diverged': {r.seed: r.diverged for r in runs if r.diverged}}
+
+
+def _step_seeds(runs: list[SeedRun], groups, batches, train_step, group_steps) -> list:
+  """One step of every seed that has not diverged (a group of vectorised seeds steps
+  whole); returns each seed's step outputs (None for a seed not stepped)."""
+  outs = [None] * len(runs)
+  for g in groups:
+    if len(g) == 1 and not runs[g[0]].diverged:
+      runs[g[0]].state, outs[g[0]] = train_step(runs[g[0]].state, batches[g[0]])
+    elif len(g) > 1:
+      states, group_outs = group_steps[len(g)](tuple(runs[k].state for k in g),
+                                               tuple(batches[k] for k in g))
+      for k, state, out in zip(g, states, group_outs):
+        runs[k].state, outs[k] = state, out
+  return outs
 
 
 def _stop_if_all_diverged(runs: list[SeedRun]) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from flax import linen as flax_nn
 
-from limijax import depthwise
+from limijax.kernels import depthwise
 from limijax import model as model_lib
 import twin_parity
 
@@ -218,7 +218,7 @@ def test_folded_fastup_equals_upsampling_then_convolving(factor, h, w, c, as_mat
 
 def test_folded_fastup_has_the_literal_forms_parameters():
   x = _rand(24, (1, 4, 4, 6))
-  folded, literal = model_lib.FastUp(4, impl='shift'), model_lib.FastUp(4, impl='grouped')
+  folded, literal = (model_lib.FastUp(4, forms=model_lib.Forms(d)) for d in ('shift', 'grouped'))
   vf, vl = twin_parity.init_jitted(folded, 3, x), twin_parity.init_jitted(literal, 3, x)
   assert jax.tree.structure(vf) == jax.tree.structure(vl)
   for a, b in zip(jax.tree.leaves(vf), jax.tree.leaves(vl)):

@@ -204,3 +204,18 @@ def test_inference_runs_a_cpu_batch_in_groups_of_up_to_infer_chunk_images():
     masks = model_lib.valid_masks(hw, 32, 48)
     np.testing.assert_allclose(predict(params, model_state, x, hw, masks),
                                whole(x, hw, masks), atol=1e-5, rtol=0)
+
+
+def test_split_logits_keeps_each_images_logits_and_scores_what_evaluate_scores(tiny_run):
+  from limijax import metrics  # pylint: disable=g-import-not-at-top
+  workdir, results = tiny_run
+  records, result = evaluation.split_logits(workdir, 'test')
+  assert result == results['test']
+  assert len(records) == result['num_images']
+  assert len({r['id'] for r in records}) == len(records)
+  for r in records:
+    assert r['logits'].dtype == np.float32 and r['logits'].shape == r['mask'].shape
+    assert r['image'].shape == r['mask'].shape and r['image'].dtype == np.uint8
+  # Thresholded at 0, the kept logits score the split's METRICS again.
+  again = metrics.score([r['logits'] > 0 for r in records], [r['mask'] for r in records])
+  assert again == result

@@ -223,3 +223,17 @@ def test_inference_commands_never_import_the_training_module():
                 and n.module == 'limijax' for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert 'train' not in imported and 'limijax.train' not in imported, name
+
+
+def test_the_shape_of_the_code_stays_readable():
+  # No module over 500 lines; the training loop under 150; the model's blocks take every
+  # implementation choice as an attribute or argument, never from a context variable.
+  lengths = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines())
+             for p in PACKAGE.rglob('*.py')}
+  assert max(lengths.values()) <= 500, sorted(lengths.items(), key=lambda kv: -kv[1])[:3]
+  tree = ast.parse((PACKAGE / 'train.py').read_text())
+  loop = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
+              and n.name == 'train_and_evaluate')
+  assert loop.end_lineno - loop.lineno + 1 <= 150
+  for p in [PACKAGE / 'model.py', *(PACKAGE / 'kernels').glob('*.py')]:
+    assert 'contextvars' not in p.read_text() and 'ContextVar' not in p.read_text(), p.name

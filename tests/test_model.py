@@ -11,6 +11,7 @@ from flax import linen as nn
 
 from limijax import defaults, losses
 from limijax import model as model_lib
+from limijax.kernels import init as init_lib
 import twin_parity
 
 VARIANTS = {
@@ -275,7 +276,7 @@ def test_initialisation_at_xla_level_1_draws_the_default_levels_values(monkeypat
   assert model_lib.init_compiler_options() is None
 
   m, x = model_lib.LimiNet(**SMALL), jnp.zeros((1, 32, 32, 1))
-  drawn = {level: model_lib._jitted_init(m, (('xla_backend_optimization_level', level),))(  # pylint: disable=protected-access
+  drawn = {level: init_lib._jitted_init(m, (('xla_backend_optimization_level', level),))(  # pylint: disable=protected-access
       jax.random.PRNGKey(7), x) for level in (1, 3)}
   assert jax.tree.structure(drawn[1]) == jax.tree.structure(drawn[3])
   for a, b in zip(jax.tree.leaves(drawn[1]), jax.tree.leaves(drawn[3])):
@@ -342,14 +343,14 @@ def test_on_an_accelerator_the_initialisation_runs_on_the_host_cpu(monkeypatch):
   options = model_lib.init_compiler_options()
   cpu = jax.local_devices(backend='cpu')[0]
   # The CPU's draws with the inputs on the CPU device (one compilation serves both calls).
-  here = model_lib._jitted_init(m, tuple((options or {}).items()))(  # pylint: disable=protected-access
+  here = init_lib._jitted_init(m, tuple((options or {}).items()))(  # pylint: disable=protected-access
       jax.device_put(jax.random.PRNGKey(5), cpu), jax.device_put(jnp.zeros((1, 32, 32, 1)), cpu))
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert model_lib.init_device() == cpu
   assert model_lib.init_compiler_options() == options  # the CPU's compile either way
   asked = []
-  real_init_device = model_lib.init_device
-  monkeypatch.setattr(model_lib, 'init_device', lambda: asked.append(1) or real_init_device())
+  real_init_device = init_lib.init_device
+  monkeypatch.setattr(init_lib, 'init_device', lambda: asked.append(1) or real_init_device())
   placed = model_lib.init(m, jax.random.PRNGKey(5))
   assert asked  # init() asked where to draw
   assert jax.tree.structure(placed) == jax.tree.structure(here)
@@ -399,22 +400,23 @@ def test_from_config_builds_each_ablation_config():
 class _Blocks(model_lib.nn.Module):
   """An LMB (reduce, fuse and shortcut 1x1 convolutions) and a segment head (a 1x1 with
   the prior bias): every kind of 1x1 convolution the model has."""
+  pointwise: str = 'conv'
 
   @model_lib.nn.compact
   def __call__(self, x):
-    return model_lib.SegmentHead(impl='shift')(model_lib.LMB(16, impl='shift')(x))
+    forms = model_lib.Forms('shift', self.pointwise)
+    return model_lib.SegmentHead(forms=forms)(model_lib.LMB(16, forms=forms)(x))
 
 
 def test_pointwise_as_matmul_has_the_same_parameters_outputs_and_no_grouped_conv_under_vmap():
-  m = _Blocks()
+  m, m_matmul = _Blocks(), _Blocks(pointwise='matmul')
   x = jax.random.normal(jax.random.PRNGKey(4), (2, 16, 24, 8))
 
   def init(rng):
     return m.init(rng, x)
 
   def init_matmul(rng):
-    with model_lib.pointwise_as_matmul():
-      return m.init(rng, x)
+    return m_matmul.init(rng, x)
 
   v = jax.jit(init)(jax.random.PRNGKey(0))
   v_matmul = jax.jit(init_matmul)(jax.random.PRNGKey(0))
@@ -428,8 +430,7 @@ def test_pointwise_as_matmul_has_the_same_parameters_outputs_and_no_grouped_conv
     return jnp.sum(jnp.sin(m.apply(v, x)))
 
   def loss_matmul(v, x):
-    with model_lib.pointwise_as_matmul():
-      return loss(v, x)
+    return jnp.sum(jnp.sin(m_matmul.apply(v, x)))
 
   (value, grads), (value_m, grads_m) = (jax.jit(jax.value_and_grad(f))(v, x)
                                         for f in (loss, loss_matmul))

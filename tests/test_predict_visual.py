@@ -5,6 +5,8 @@ wiring is tested with a stand-in for the trained run (a threshold on the image),
 error for a missing mask through ``python -m limijax.predict``.
 """
 
+import os
+import shutil
 import subprocess
 import sys
 import types
@@ -223,3 +225,34 @@ def test_missing_mask_is_one_line_through_the_command(folders, tmp_path):
   assert len(lines) == 1, proc.stderr
   assert str(inputs / 'c.png') in lines[0] and 'no mask' in lines[0]
   assert not out.exists()
+
+
+def test_probability_pngs_read_back_as_the_masks(folders, tmp_path, monkeypatch):
+  from limijax import evaluate, evaluation, workdir  # pylint: disable=g-import-not-at-top
+  # Exactly the mask at threshold 0.5, logit 0 and the smallest positive logits included.
+  logits = np.concatenate([np.array([0.0, -0.0, 1e-7, -1e-7, 0.004, -0.004], np.float32),
+                           np.random.default_rng(0).normal(0, 3, 10_000).astype(np.float32)])
+  v = predict.probability_png(logits)
+  np.testing.assert_array_equal(v / 255 > 0.5, logits > 0)
+  p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  assert np.abs(v / 255 - p).max() <= 0.5 / 255 + 1e-12  # round(255 p)
+  # Written by predict --probs under OUT/probs, scored by evaluate --pred_dir.
+  inputs, masks = folders
+  monkeypatch.setattr(workdir, 'load_run', lambda workdir: types.SimpleNamespace(
+      model=None, params=None, model_state=None, mean=0.0, std=1.0))
+  monkeypatch.setattr(evaluation, 'make_predict', lambda model: (
+      lambda params, state, x: np.where(x > 100, 3.0, -3.0)))
+  out = tmp_path / 'out'
+  files = [str(inputs / 'a.png'), str(inputs / 'b.png')]
+  predict.predict_files('unused', files, str(out), progress=False, mask_dir=str(masks),
+                        probs=True)
+  assert sorted(os.listdir(out / 'probs')) == ['a.png', 'b.png']
+  with Image.open(out / 'probs' / 'a.png') as im:
+    a = np.asarray(im)
+  assert a.dtype == np.uint8 and set(np.unique(a)) == {12, 243}  # round(255 sigmoid(-+3))
+  scored = evaluate.evaluate_folders(str(out / 'probs'), str(masks), progress=False)
+  (tmp_path / 'binary').mkdir()
+  for name in ('a.png', 'b.png'):
+    shutil.copy(out / name, tmp_path / 'binary' / name)
+  from_masks = evaluate.evaluate_folders(str(tmp_path / 'binary'), str(masks), progress=False)
+  assert scored == from_masks and scored['num_matched_targets'] == 2

@@ -86,7 +86,7 @@ def _cpu_model() -> str:
 
 def machine(b: Backends) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from limijax import depthwise  # pylint: disable=g-import-not-at-top
+  from limijax.kernels import depthwise  # pylint: disable=g-import-not-at-top
   dev = jax.devices()[0]
   m = {'platform': platform.platform(), 'cpu': _cpu_model(), 'cpu_count': os.cpu_count(),
        'python': platform.python_version(), 'jax': jax.__version__,

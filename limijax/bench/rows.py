@@ -73,7 +73,7 @@ def torch_train_step(b: Backends, batch: dict, compiled: bool) -> Callable[[], N
 
 
 def bench_train(b: Backends, s: dict, peak: float, failed: dict) -> dict:
-  from limijax import depthwise  # pylint: disable=g-import-not-at-top
+  from limijax.kernels import depthwise  # pylint: disable=g-import-not-at-top
   bs, size = s['batch_size'], s['image_size']
   batch = _train_batch(bs, size)
   fns = {'jax': jax_train_step(b.config, 'auto', batch)}
@@ -90,7 +90,7 @@ def bench_train(b: Backends, s: dict, peak: float, failed: dict) -> dict:
 
 
 def bench_depthwise(b: Backends, s: dict, peak: float, train_row: dict | None) -> list[dict]:
-  from limijax import depthwise  # pylint: disable=g-import-not-at-top
+  from limijax.kernels import depthwise  # pylint: disable=g-import-not-at-top
   bs, size = s['batch_size'], s['image_size']
   batch = _train_batch(bs, size)
   auto = depthwise.resolve_impl('auto')

@@ -379,7 +379,7 @@ def upsample_separable_conv(x: jax.Array, dw_kernel: jax.Array, pw_kernel: jax.A
   ``valid`` (``(rows, cols)``, each (N,) int32) puts each image's bottom and right border
   at its own valid size instead of the array's: its bottom and right border lines are
   corrected there, per image (``x`` must then hold, just past its valid part, the edge
-  values: :func:`limijax.model.replicate_valid_edge`). Outputs beyond the valid part
+  values: :func:`limijax.kernels.valid.replicate_valid_edge`). Outputs beyond the valid part
   are meaningless.
   """
   n, h, w, c = x.shape
