@@ -67,7 +67,7 @@ _PRED_SUFFIX = '.png'
 _NUAA_MASK_SUFFIX = '_pixels0'
 
 
-def _list(folder: str, suffixes: Sequence[str], what: str) -> dict[str, str]:
+def list_files(folder: str, suffixes: Sequence[str], what: str) -> dict[str, str]:
   """Map stem -> path for the files of ``folder`` with one of ``suffixes``."""
   if not os.path.isdir(folder):
     raise UserError(f'{what} folder not found: {folder}')
@@ -83,12 +83,12 @@ def _list(folder: str, suffixes: Sequence[str], what: str) -> dict[str, str]:
   return found
 
 
-def _pair(pred_dir: str, mask_dir: str) -> list[tuple[str, str]]:
+def pair_files(pred_dir: str, mask_dir: str) -> list[tuple[str, str]]:
   """(prediction, mask) paths for every mask, checked before any pixel is scored."""
-  masks = _list(mask_dir, _MASK_SUFFIXES, 'mask')
+  masks = list_files(mask_dir, _MASK_SUFFIXES, 'mask')
   if not masks:
     raise UserError(f'no .png or .bmp masks in {mask_dir}')
-  preds = _list(pred_dir, (_PRED_SUFFIX,), 'prediction')
+  preds = list_files(pred_dir, (_PRED_SUFFIX,), 'prediction')
   pairs, missing = [], []
   for stem, mask_path in masks.items():
     pred_path = preds.get(stem)
@@ -124,7 +124,7 @@ def evaluate_folders(pred_dir: str, mask_dir: str, threshold: float = 0.5,
   """METRICS of the probability PNGs in ``pred_dir`` against the masks in ``mask_dir``."""
   if not 0.0 <= threshold <= 1.0:
     raise UserError(f'--threshold must lie in [0, 1], got {threshold}')
-  pairs = _pair(pred_dir, mask_dir)
+  pairs = pair_files(pred_dir, mask_dir)
   acc = metrics.MetricAccumulator()
   non_binary = 0  # masks holding values other than 0 and 255: one warning at the end
   with tqdm.tqdm(pairs, desc='scoring', unit='img', file=sys.stderr,

@@ -283,8 +283,11 @@ class MetricAccumulator:
     self.num_false_alarm_pixels = 0
     self.num_pred_pixels_outside_gt = 0  # |P \ G|, for fa_pixel
 
-  def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
-    """Add one image: ``pred`` and ``gt`` are bool arrays of the same (H, W) shape."""
+  def update(self, pred: np.ndarray, gt: np.ndarray, num_pixels: int | None = None) -> None:
+    """Add one image: ``pred`` and ``gt`` are bool arrays of the same (H, W) shape. They
+    may be a window of the image that holds every predicted and every target pixel (the
+    components, their matching and the sums are then the image's own): ``num_pixels`` is
+    then the whole image's pixel count, which Fa divides by."""
     pred = _as_mask(pred, 'pred')
     gt = _as_mask(gt, 'gt')
     if pred.shape != gt.shape:
@@ -293,7 +296,7 @@ class MetricAccumulator:
     inter = int(np.count_nonzero(pred & gt))
     union = int(np.count_nonzero(pred | gt))
     self.num_images += 1
-    self.num_pixels += pred.size
+    self.num_pixels += pred.size if num_pixels is None else int(num_pixels)
     self.intersection += inter
     self.union += union
     self.niou_sum += inter / (union + _NIOU_EPS)

@@ -91,10 +91,11 @@ from limijax.architecture import BLOCKS, HEADS, PRIOR_BIAS, STEMS, STRIDE, UPSAM
 from limijax.errors import ConfigError, UserError
 from limijax.kernels import depthwise
 from limijax.kernels.init import init, init_compiler_options, init_device  # noqa: F401  (the model's initialisation)
-from limijax.kernels.layers import (POINTWISE_FORMS, DepthwiseConv, DepthwiseConvTranspose, Forms,
-                                    OneChannelConv, Pointwise, SeparableKernels, avg_pool2,
-                                    conv_init, upsample_bilinear, upsample_separable_conv)
-from limijax.kernels.norm import GN_EPS, broadcast_hw, gn, spatial_sums  # noqa: F401
+from limijax.kernels.layers import (BILINEAR_FORMS, NORM_FORMS, POINTWISE_FORMS, DepthwiseConv,
+                                    DepthwiseConvTranspose, Forms, OneChannelConv, Pointwise,
+                                    SeparableKernels, avg_pool2, conv_init, upsample,
+                                    upsample_bilinear, upsample_separable_conv)
+from limijax.kernels.norm import GN_EPS, broadcast_hw, gn, num_groups, spatial_sums  # noqa: F401
 from limijax.kernels.valid import (Valid, replicate_valid_edge, size_of, valid_masks,  # noqa: F401
                                    zero_invalid)
 
@@ -105,6 +106,16 @@ CHOICES = (('stem', STEMS), ('block', BLOCKS), ('upsampler', UPSAMPLERS), ('head
 
 class InputShapeError(UserError, ValueError):
   """The input is not (N, H, W, C) with H, W multiples of 16 and the expected C."""
+
+
+def group_norm(x, name: str, forms: Forms, valid: Valid | None = None):
+  """Limi-Net's GroupNorm of ``x`` (:func:`limijax.kernels.norm.num_groups` groups, eps
+  1e-5) in the form of ``forms``, under ``name``."""
+  if forms.groupnorm == 'flax':
+    if valid is not None:
+      raise ValueError("the 'flax' GroupNorm form has no valid_hw")
+    return nn.GroupNorm(num_groups=num_groups(x.shape[-1]), epsilon=GN_EPS, name=name)(x)
+  return gn(x.shape[-1], name)(x, valid)
 
 
 def pointwise(features: int, forms: Forms, use_bias: bool = False, name: str | None = None,
@@ -174,9 +185,9 @@ class SES(nn.Module):
     else:
       x = nn.Conv(self.mid_features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                   kernel_init=conv_init, name='conv')(x)
-    x = nn.relu(gn(self.mid_features, 'gn1')(zero_invalid(x, valid), valid))
+    x = nn.relu(group_norm(zero_invalid(x, valid), 'gn1', self.forms, valid))
     x = DSConv(self.features, forms=self.forms, name='dsconv')(x, valid)
-    x = nn.relu(gn(self.features, 'gn2')(x, valid))
+    x = nn.relu(group_norm(x, 'gn2', self.forms, valid))
     return ECA(name='eca')(x, valid)
 
 
@@ -205,13 +216,15 @@ class LMB(nn.Module):
   @nn.compact
   def __call__(self, x, valid: Valid | None = None):
     mid = max(1, int(self.features * self.bottleneck_ratio))
-    y = nn.relu(gn(mid, 'reduce_gn')(pointwise(mid, self.forms, name='reduce')(x), valid))
+    y = nn.relu(group_norm(pointwise(mid, self.forms, name='reduce')(x), 'reduce_gn', self.forms,
+                           valid))
     branches = []
     for i, k in enumerate(self.kernel_sizes):
       b = DSConv(mid, kernel_size=k, stride=2, forms=self.forms, name=f'branch{i}')(y, valid)
-      branches.append(nn.relu(gn(mid, f'branch{i}_gn')(b, valid)))
+      branches.append(nn.relu(group_norm(b, f'branch{i}_gn', self.forms, valid)))
     y = jnp.concatenate(branches, axis=-1)
-    y = gn(self.features, 'fuse_gn')(pointwise(self.features, self.forms, name='fuse')(y), valid)
+    y = group_norm(pointwise(self.features, self.forms, name='fuse')(y), 'fuse_gn', self.forms,
+                   valid)
     y = ECA(name='eca')(y, valid)
     shortcut = avg_pool2(x)
     if x.shape[-1] != self.features:
@@ -228,10 +241,10 @@ class ResidualBlock(nn.Module):
   def __call__(self, x, valid: Valid | None = None):
     y = nn.Conv(self.features, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
                 use_bias=False, kernel_init=conv_init, name='conv1')(x)
-    y = nn.relu(gn(self.features, 'gn1')(zero_invalid(y, valid), valid))
+    y = nn.relu(group_norm(zero_invalid(y, valid), 'gn1', self.forms, valid))
     y = zero_invalid(nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                              kernel_init=conv_init, name='conv2')(y), valid)
-    y = gn(self.features, 'gn2')(y, valid)
+    y = group_norm(y, 'gn2', self.forms, valid)
     shortcut = avg_pool2(x)
     if x.shape[-1] != self.features:
       shortcut = pointwise(self.features, self.forms, name='shortcut')(shortcut)
@@ -257,12 +270,12 @@ class HUF(nn.Module):
       if deep.shape[-1] != self.features:
         bil = pointwise(self.features, self.forms, name='bilinear_proj')(bil)
       # 0 past each image's border: the sum at once (the 1x1 conv has no bias)
-      up = zero_invalid(dstc + upsample_bilinear(replicate_valid_edge(bil, valid), 2), valid)
+      up = zero_invalid(dstc + upsample(replicate_valid_edge(bil, valid), 2, self.forms), valid)
     else:
       up = DSConv(self.features, forms=self.forms, name='up_dsconv')(
-          zero_invalid(upsample_bilinear(replicate_valid_edge(deep, valid), 2), valid), valid)
+          zero_invalid(upsample(replicate_valid_edge(deep, valid), 2, self.forms), valid), valid)
     y = pointwise(self.features, self.forms, name='fuse')(jnp.concatenate([up, skip], axis=-1))
-    return nn.relu(gn(self.features, 'fuse_gn')(y, valid))
+    return nn.relu(group_norm(y, 'fuse_gn', self.forms, valid))
 
 
 class FastUp(nn.Module):
@@ -279,14 +292,15 @@ class FastUp(nn.Module):
 
   @nn.compact
   def __call__(self, x, valid: Valid | None = None):
-    if depthwise.resolve_impl(self.forms.depthwise) == 'grouped':
+    if (depthwise.resolve_impl(self.forms.depthwise) == 'grouped'
+        or self.forms.bilinear == 'resize'):
       x = DSConv(self.features, forms=self.forms, name='dsconv')(
-          zero_invalid(upsample_bilinear(replicate_valid_edge(x, valid), self.factor), valid),
+          zero_invalid(upsample(replicate_valid_edge(x, valid), self.factor, self.forms), valid),
           valid)
     else:
       dw, pw = SeparableKernels(self.features, name='dsconv')(x.shape[-1])
       x = upsample_separable_conv(x, dw, pw, self.factor, self.forms, valid)
-    return nn.relu(gn(self.features, 'gn')(zero_invalid(x, valid), valid))
+    return nn.relu(group_norm(zero_invalid(x, valid), 'gn', self.forms, valid))
 
 
 class SegmentHead(nn.Module):
@@ -297,7 +311,7 @@ class SegmentHead(nn.Module):
   @nn.compact
   def __call__(self, x, valid: Valid | None = None):
     x = DSConv(self.features, forms=self.forms, name='dsconv')(x, valid)
-    x = nn.relu(gn(self.features, 'gn')(x, valid))
+    x = nn.relu(group_norm(x, 'gn', self.forms, valid))
     return pointwise(1, self.forms, use_bias=True,
                      bias_init=nn.initializers.constant(PRIOR_BIAS), name='logit')(x)
 
@@ -305,8 +319,10 @@ class SegmentHead(nn.Module):
 class LimiNet(nn.Module):
   """Limi-Net: Lightweight Stable Encoder + Coarse-to-fine Hybrid Upsampling Decoder.
 
-  ``depthwise`` and ``pointwise`` choose how the layers compute (:class:`Forms`), never
-  the parameters: ``model.clone(pointwise='matmul')`` is the same network for ``vmap``."""
+  ``depthwise``, ``pointwise``, ``groupnorm`` and ``bilinear`` choose how the layers
+  compute (:class:`Forms`), never the parameters: ``model.clone(pointwise='matmul')`` is
+  the same network for ``vmap``, ``LimiNet(depthwise='grouped', groupnorm='flax',
+  bilinear='resize')`` the plain reference."""
   channels: Sequence[int] = (8, 16, 32, 32)
   stem_channels: int = 4  # SES's first (standard) conv; its DSConv raises to channels[0]
   in_channels: int = 1
@@ -318,6 +334,8 @@ class LimiNet(nn.Module):
   head: str = 'c2f'
   depthwise: str = 'auto'
   pointwise: str = 'conv'
+  groupnorm: str = 'fast'
+  bilinear: str = 'stencil'
 
   def check_input(self, x) -> None:
     ok = (x.ndim == 4 and x.shape[1] % STRIDE == 0 and x.shape[2] % STRIDE == 0
@@ -338,7 +356,8 @@ class LimiNet(nn.Module):
     sizes share one program. Logits beyond the valid part are meaningless.
     ``valid_masks``: optionally, :func:`valid_masks` of ``valid_hw`` (faster)."""
     self.check_input(x)
-    for key, allowed in (*CHOICES, ('pointwise', POINTWISE_FORMS)):
+    for key, allowed in (*CHOICES, ('pointwise', POINTWISE_FORMS), ('groupnorm', NORM_FORMS),
+                         ('bilinear', BILINEAR_FORMS)):
       if getattr(self, key) not in allowed:
         raise ValueError(f'LimiNet.{key} must be one of {allowed}, got {getattr(self, key)!r}')
     valid = None
@@ -350,7 +369,7 @@ class LimiNet(nn.Module):
         raise ValueError(f'valid_hw must be ({x.shape[0]}, 2), got {valid_hw.shape}')
       valid = Valid(valid_hw, x.shape[1], valid_masks)
     x = zero_invalid(x, valid)  # whatever the padding beyond the valid part held
-    forms = Forms(self.depthwise, self.pointwise)
+    forms = Forms(self.depthwise, self.pointwise, self.groupnorm, self.bilinear)
     c1, c2, c3, c4 = self.channels
     # --- Lightweight Stable Encoder (3.3) ---
     if self.stem == 'ses':

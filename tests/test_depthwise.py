@@ -252,29 +252,37 @@ def _whole_model_loss(m, params, x, y):
 
 
 def test_whole_model_same_for_every_impl():
+  # The plain reference (flax's grouped convolution, flax.linen.GroupNorm,
+  # jax.image.resize and FastUp's literal upsampling) against each fast form: the
+  # grouped depthwise with every other fast form, and the CPU's default (shift, folded
+  # FastUp), with 1x1 convolutions as convolutions and as matrix products.
   x = _rand(9, (2, 32, 48, 1))
   y = (jax.random.uniform(jax.random.PRNGKey(10), (2, 32, 48, 1)) > 0.9).astype(jnp.float32)
-  base = model_lib.LimiNet(depthwise='grouped')
+  base = model_lib.LimiNet(depthwise='grouped', groupnorm='flax', bilinear='resize')
   variables = model_lib.init(base, jax.random.PRNGKey(0))
+  forms = {'reference': base, 'grouped': model_lib.LimiNet(depthwise='grouped'),
+           'shift': model_lib.LimiNet(depthwise='shift'),
+           'shift_matmul': model_lib.LimiNet(depthwise='shift', pointwise='matmul')}
   results = {}
-  for impl in ('grouped', 'shift'):
-    m = base.clone(depthwise=impl)
+  for name, m in forms.items():
     # jitted: op-by-op execution of the whole model is several times slower to run
     (_, out), grads = jax.jit(jax.value_and_grad(
         lambda p, m=m: _whole_model_loss(m, p, x, y), has_aux=True))(variables['params'])
-    results[impl] = (out, grads)
+    results[name] = (out, grads)
   # Gradient leaves are float32 sums over every position of the batch (N H W terms), and
   # GroupNorm's backward pass mixes whole groups: rounding error grows with the length of
   # those sums and the scale of the whole gradient, not with one leaf's own size (a small
   # leaf differed by 7.7 % of itself on one CPU). Tolerance: the worst-case rounding of a
   # float32 sum of N H W terms at the gradient's global scale, times 4 for the chain of
   # layers. A real mismatch between the forms is far larger (checked below).
-  want_out, want_grads = results['grouped']
+  want_out, want_grads = results['reference']
   scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(want_grads))
   atol = 4 * x.shape[0] * x.shape[1] * x.shape[2] * np.finfo(np.float32).eps * scale
-  np.testing.assert_allclose(results['shift'][0], want_out, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=atol),
-               results['shift'][1], want_grads)
+  for name in ('grouped', 'shift', 'shift_matmul'):
+    # logits of magnitude ~6 after ~30 float32 layers: rounding of a few 1e-6 relative
+    np.testing.assert_allclose(results[name][0], want_out, rtol=1e-5, atol=1e-5, err_msg=name)
+    jax.tree.map(lambda a, b, name=name: np.testing.assert_allclose(
+        a, b, rtol=0, atol=atol, err_msg=name), results[name][1], want_grads)
   # The tolerance still tells gradients apart: those of slightly other parameters differ
   # by more than it in some leaf.
   nudged = jax.tree.map(lambda p: p * 1.01, variables['params'])

@@ -26,18 +26,32 @@ from limijax.kernels import valid as valid_lib
 conv_init = nn.initializers.he_normal()
 
 POINTWISE_FORMS = ('conv', 'matmul')
+NORM_FORMS = ('fast', 'flax')
+BILINEAR_FORMS = ('stencil', 'resize')
 
 
 @dataclasses.dataclass(frozen=True)
 class Forms:
-  """The forms a model's layers compute with: ``depthwise`` (``auto``, ``grouped`` (XLA's
-  grouped convolution, the plain form) or ``shift``: :func:`depthwise.resolve_impl`) and
-  ``pointwise`` (``conv``: XLA's convolution, its kernel gradient as one matrix product;
-  ``matmul``: a matrix product over channels, which ``vmap`` over seeds keeps a matrix
-  product, where XLA:CPU would turn a batched 1x1 convolution into a slow
-  feature-grouped one)."""
+  """The forms a model's layers compute with; the parameters never depend on them.
+
+  * ``depthwise``: ``auto``, ``grouped`` (XLA's grouped convolution, what ``nn.Conv``
+    computes: the plain form) or ``shift`` (:func:`depthwise.resolve_impl`);
+  * ``pointwise``: ``conv`` (XLA's convolution, its kernel gradient as one matrix
+    product) or ``matmul`` (a matrix product over channels, which ``vmap`` over seeds
+    keeps a matrix product, where XLA:CPU would turn a batched 1x1 convolution into a slow
+    feature-grouped one);
+  * ``groupnorm``: ``fast`` (:class:`limijax.kernels.norm.GroupNorm`) or ``flax``
+    (``flax.linen.GroupNorm`` itself, the plain form; not with ``valid_hw``);
+  * ``bilinear``: ``stencil`` (:func:`upsample_bilinear`; FastUp folded into its
+    convolutions with the shift form) or ``resize`` (``jax.image.resize``, the plain form,
+    and FastUp as the literal upsampling then convolutions).
+
+  ``Forms('grouped', 'conv', 'flax', 'resize')`` is the reference that every fast form is
+  tested against (tests/test_depthwise.py)."""
   depthwise: str = 'auto'
   pointwise: str = 'conv'
+  groupnorm: str = 'fast'
+  bilinear: str = 'stencil'
 
 
 class DepthwiseConv(nn.Module):
@@ -147,6 +161,14 @@ def upsample_bilinear(x: jax.Array, factor: int) -> jax.Array:
   if factor == 1:
     return x
   return _upsample_axis(_upsample_axis(x, factor, 1), factor, 2)
+
+
+def upsample(x: jax.Array, factor: int, forms: Forms) -> jax.Array:
+  """Bilinear x``factor`` of NHWC ``x`` in the upsampling form of ``forms``."""
+  if forms.bilinear == 'resize':
+    n, h, w, c = x.shape
+    return jax.image.resize(x, (n, h * factor, w * factor, c), 'bilinear')
+  return upsample_bilinear(x, factor)
 
 
 def avg_pool2(x: jax.Array) -> jax.Array:

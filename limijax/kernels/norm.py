@@ -113,6 +113,11 @@ class GroupNorm(nn.Module):
     return y if mask is None else y * mask
 
 
+def num_groups(channels: int) -> int:
+  """Limi-Net's GroupNorm groups for ``channels``: ``min(4, C // 2)``, at least one."""
+  return min(4, max(1, channels // 2))
+
+
 def gn(channels: int, name: str | None = None) -> GroupNorm:
-  """Limi-Net's GroupNorm of ``channels``: ``min(4, C // 2)`` groups (at least one)."""
-  return GroupNorm(num_groups=min(4, max(1, channels // 2)), name=name)
+  """Limi-Net's GroupNorm of ``channels`` (:func:`num_groups`)."""
+  return GroupNorm(num_groups=num_groups(channels), name=name)
