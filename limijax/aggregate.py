@@ -30,7 +30,10 @@ their output with one JSON line.
 
 ``python -m limijax.aggregate --table2 ROOT`` prints the paper's Table 2 (ablations) from
 ``ROOT/{irstd1k,no_its,no_ses,no_lmb,no_huf,no_c2f}/``, each aggregated as above; see
-``launch/table2.sh``.
+``launch/table2.sh``. With ``--intervals`` it adds, per row, the difference from "Ours"
+with its 95 % interval by a paired bootstrap over the test images and whether it exceeds
+the seed spread too (:mod:`limijax.compare`: this runs each run's best checkpoint on its
+test split once, unless ``compare`` already kept its per-image sums).
 """
 
 from __future__ import annotations
@@ -400,7 +403,38 @@ def table2(root: str) -> dict:
   return {'root': root, 'rows': rows, 'markdown': '\n'.join(lines)}
 
 
-def table2_main(root: str) -> dict:
+def against_ours(rows: list[dict]) -> list[str]:
+  """Footnote lines: each row's difference from "Ours" with its 95 % interval by a paired
+  bootstrap over the test images (:mod:`limijax.compare`; each run's per-image sums are
+  read from its ``analysis/`` cache, or computed from its best checkpoint and kept), and
+  whether it exceeds both that interval and the seed spread. Fills ``row['vs_ours']``."""
+  from limijax import compare  # pylint: disable=g-import-not-at-top
+  ours = rows[0]
+  if not ours['n']:
+    return ['no interval against Ours: its row has no finished run']
+  lines = []
+  for row in rows[1:]:
+    if not row['n']:
+      continue
+    variant, base = compare.load_sides(row['folder'], ours['folder'], 'test')
+    report = compare.compare_stats(variant, base)
+    row['vs_ours'] = report['metrics']
+    cells = []
+    for key, label, _, _ in compare.METRICS:
+      m = report['metrics'][key]
+      if m['diff'] is None or m['ci'][0] is None:
+        cells.append(f'{label} n/a')
+        continue
+      scale, spec = (1, '+.2f') if key == 'fa_e6' else (100, '+.2f')
+      beyond = {True: 'yes', False: 'no', None: 'n/a'}
+      cells.append(f'{label} {m["diff"] * scale:{spec}} [{m["ci"][0] * scale:{spec}}, '
+                   f'{m["ci"][1] * scale:{spec}}] (beyond test / seeds: '
+                   f'{beyond[m["beyond_test"]]} / {beyond[m["beyond_seeds"]]})')
+    lines.append(f'{row["variant"]} - Ours: ' + '; '.join(cells))
+  return lines
+
+
+def table2_main(root: str, intervals: bool = False) -> dict:
   t = table2(root)
   print(f'Table 2 (ablations) from {root}: test metrics, mean ± sample std over seeds')
   print()
@@ -410,6 +444,11 @@ def table2_main(root: str) -> dict:
            for r in t['rows'][1:] if 'differs_from_ours' in r]
   if notes:
     print('config keys that differ from Ours: ' + '; '.join(notes))
+  if intervals:
+    print('differences from Ours (mIoU, nIoU, Pd in points, Fa in 1e-6) with 95 % intervals '
+          'of a paired bootstrap over the test images (docs/compare.md):')
+    for line in against_ours(t['rows']):
+      print(f'  {line}')
   print(json.dumps({'root': root, 'rows': t['rows']}))
   return t
 
@@ -422,6 +461,9 @@ def _define_flags() -> None:
                     'JSON line ends the output in any case.')
   flags.DEFINE_bool('table2', False, 'Print the paper\'s Table 2 from ROOT/<variant>/ '
                     '(irstd1k, no_its, no_ses, no_lmb, no_huf, no_c2f).')
+  flags.DEFINE_bool('intervals', False, 'With --table2: each row\'s difference from Ours '
+                    'with a paired bootstrap 95 % interval over the test images (needs each '
+                    'run\'s best checkpoint, or the per-image sums that compare keeps).')
 
 
 def main(argv):
@@ -431,8 +473,10 @@ def main(argv):
     raise UserError('usage: python -m limijax.aggregate ROOT [--json] | '
                     'python -m limijax.aggregate --table2 ROOT'
                     + (f' (got {len(args)} arguments)' if args else ''))
+  if flags.FLAGS.intervals and not flags.FLAGS.table2:
+    raise UserError('--intervals goes with --table2')
   if flags.FLAGS.table2:
-    table2_main(args[0])
+    table2_main(args[0], intervals=flags.FLAGS.intervals)
   else:
     aggregate_main(args[0])
 

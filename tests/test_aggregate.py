@@ -311,3 +311,25 @@ def test_one_untracked_run_leaves_the_second_protocol_out(tmp_path):
   agg = aggregate.collect(str(root))  # configs differ in track_test only: accepted
   assert agg['best_test_epoch'] is None and aggregate.protocols_table(agg) is None
   assert len(agg['untracked']) == 2
+
+
+def test_table2_intervals_against_ours_from_trained_runs(tmp_path, tiny_run, tiny_two_seeds):
+  # Ours: the two seeds of the shared runs; "w/o ITS": the single shared run (seed 1, the
+  # same data, so the same test images). Each row's difference from Ours comes with the
+  # interval compare gives for the same two sides.
+  import shutil  # pylint: disable=g-import-not-at-top
+  from limijax import compare  # pylint: disable=g-import-not-at-top
+  shutil.copytree(tiny_two_seeds[0], tmp_path / 'irstd1k')
+  shutil.copytree(tiny_run[0], tmp_path / 'no_its')
+  t = aggregate.table2(str(tmp_path))
+  lines = aggregate.against_ours(t['rows'])
+  assert len(lines) == 1 and lines[0].startswith('w/o ITS - Ours: mIoU ')
+  got = t['rows'][1]['vs_ours']['miou']
+  ours = [r['test']['miou'] for r in tiny_two_seeds[1]['runs']]
+  assert got['diff'] == pytest.approx(tiny_run[1]['test']['miou'] - sum(ours) / 2, abs=1e-12)
+  sides = compare.load_sides(str(tmp_path / 'no_its'), str(tmp_path / 'irstd1k'), 'test')
+  direct = compare.paired_interval(*sides, 'miou')
+  assert got['ci'] == [direct['low'], direct['high']]
+  assert got['ci'][0] <= got['diff'] <= got['ci'][1]
+  assert got['seed_se'] is not None  # Ours holds two seeds: the seed spread is known
+  assert f'{got["diff"] * 100:+.2f} [{got["ci"][0] * 100:+.2f}, {got["ci"][1] * 100:+.2f}]' in lines[0]
