@@ -147,14 +147,19 @@ def folders(tmp_path):
   return inputs, masks
 
 
-def test_predict_files_writes_the_comparison(folders, tmp_path, monkeypatch):
+def _stand_in_run(monkeypatch, logit: float) -> None:
+  """A stand-in for a trained run: logit +``logit`` where the image is brighter than 100,
+  -``logit`` elsewhere (normalisation mean 0, std 1)."""
   from limijax import evaluation, workdir  # pylint: disable=g-import-not-at-top
-  inputs, masks = folders
-  # A stand-in for a trained run: logit +1 where the image is brighter than 100.
   monkeypatch.setattr(workdir, 'load_run', lambda workdir: types.SimpleNamespace(
       model=None, params=None, model_state=None, mean=0.0, std=1.0))
   monkeypatch.setattr(evaluation, 'make_predict', lambda model: (
-      lambda params, state, x: np.where(x > 100, 1.0, -1.0)))
+      lambda params, state, x: np.where(x > 100, logit, -logit)))
+
+
+def test_predict_files_writes_the_comparison(folders, tmp_path, monkeypatch):
+  inputs, masks = folders
+  _stand_in_run(monkeypatch, 1.0)
   out = tmp_path / 'out'
   files = [str(inputs / 'a.png'), str(inputs / 'b.png')]
   assert predict.predict_files('unused', files, str(out), progress=False,
@@ -192,12 +197,8 @@ def test_mask_of_another_aspect_stops_before_the_model(folders, tmp_path):
 
 def test_mask_at_another_scale_is_resized_with_a_warning(folders, tmp_path, monkeypatch,
                                                           capsys):
-  from limijax import evaluation, workdir  # pylint: disable=g-import-not-at-top
   inputs, masks = folders
-  monkeypatch.setattr(workdir, 'load_run', lambda workdir: types.SimpleNamespace(
-      model=None, params=None, model_state=None, mean=0.0, std=1.0))
-  monkeypatch.setattr(evaluation, 'make_predict', lambda model: (
-      lambda params, state, x: np.where(x > 100, 1.0, -1.0)))
+  _stand_in_run(monkeypatch, 1.0)
   files = [str(inputs / 'a.png')]
   predict.predict_files('unused', files, str(tmp_path / 'same'), progress=False,
                         mask_dir=str(masks))
@@ -228,7 +229,7 @@ def test_missing_mask_is_one_line_through_the_command(folders, tmp_path):
 
 
 def test_probability_pngs_read_back_as_the_masks(folders, tmp_path, monkeypatch):
-  from limijax import evaluate, evaluation, workdir  # pylint: disable=g-import-not-at-top
+  from limijax import evaluate  # pylint: disable=g-import-not-at-top
   # Exactly the mask at threshold 0.5, logit 0 and the smallest positive logits included.
   logits = np.concatenate([np.array([0.0, -0.0, 1e-7, -1e-7, 0.004, -0.004], np.float32),
                            np.random.default_rng(0).normal(0, 3, 10_000).astype(np.float32)])
@@ -238,10 +239,7 @@ def test_probability_pngs_read_back_as_the_masks(folders, tmp_path, monkeypatch)
   assert np.abs(v / 255 - p).max() <= 0.5 / 255 + 1e-12  # round(255 p)
   # Written by predict --probs under OUT/probs, scored by evaluate --pred_dir.
   inputs, masks = folders
-  monkeypatch.setattr(workdir, 'load_run', lambda workdir: types.SimpleNamespace(
-      model=None, params=None, model_state=None, mean=0.0, std=1.0))
-  monkeypatch.setattr(evaluation, 'make_predict', lambda model: (
-      lambda params, state, x: np.where(x > 100, 3.0, -3.0)))
+  _stand_in_run(monkeypatch, 3.0)
   out = tmp_path / 'out'
   files = [str(inputs / 'a.png'), str(inputs / 'b.png')]
   predict.predict_files('unused', files, str(out), progress=False, mask_dir=str(masks),
