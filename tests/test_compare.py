@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -137,7 +136,7 @@ def test_a_large_difference_is_beyond_both_uncertainties_and_the_verdict_says_so
   assert compare.verdict(fa, 'fa').endswith('B is better')
 
 
-def test_the_bootstrap_is_seeded_has_2000_rounds_by_default_and_takes_seconds():
+def test_the_bootstrap_is_seeded_and_has_2000_rounds_by_default():
   a = compare.image_stats(_random_records(40, seed=3))
   b = compare.image_stats(_random_records(40, seed=3, flip=0.01))
   assert inspect.signature(compare.paired_interval).parameters['resamples'].default >= 2000
@@ -150,7 +149,7 @@ def test_the_bootstrap_is_seeded_has_2000_rounds_by_default_and_takes_seconds():
   # The same rounds whatever the other metrics: the table's interval is the library's.
   assert compare.compare_stats(a, b, seed=3)['metrics']['miou']['ci'] == [first['low'],
                                                                         first['high']]
-  # 400 images, five seeds a side: the vectorised bootstrap takes well under seconds.
+  # 400 images, five seeds a side (its time is measured in BENCHMARKS.md, not here).
   rng = np.random.default_rng(0)
   big = []
   for s in range(10):
@@ -158,11 +157,8 @@ def test_the_bootstrap_is_seeded_has_2000_rounds_by_default_and_takes_seconds():
     sums[:, compare.FIELDS.index('num_images')] = 1
     big.append(compare.ImageStats([str(i) for i in range(400)], ['0'] * 400, sums,
                                   [[]] * 400))
-  start = time.perf_counter()
   report = compare.compare_stats(big[:5], big[5:])
-  elapsed = time.perf_counter() - start
-  print(f'bootstrap of 400 images, 5 + 5 seeds, 2000 resamples: {elapsed:.3f} s')
-  assert elapsed < 10 and report['resamples'] == 2000
+  assert report['resamples'] == 2000 and report['seeds_a'] == report['seeds_b'] == 5
 
 
 def test_images_that_differ_are_refused_by_name():
@@ -211,10 +207,8 @@ def test_the_cache_is_read_back_and_ignored_once_stale(tiny_run, tmp_path):
 
 # --------------------------------------------------------------------------- command
 def _compare(*args):
-  start = time.perf_counter()
-  proc = subprocess.run([sys.executable, '-m', 'limijax.compare', *map(str, args)],
+  return subprocess.run([sys.executable, '-m', 'limijax.compare', *map(str, args)],
                         capture_output=True, text=True, timeout=300, cwd=REPO)
-  return proc, time.perf_counter() - start
 
 
 def _last_json(proc):
@@ -229,7 +223,7 @@ def run_copy(tiny_run, tmp_path_factory):
 
 
 def test_a_run_against_itself_differs_by_zero_and_is_cached(run_copy, tiny_run):
-  proc, first_s = _compare(run_copy, run_copy, '--json')
+  proc = _compare(run_copy, run_copy, '--json')
   report = _last_json(proc)
   for key in METRIC_KEYS:
     row = report['metrics'][key]
@@ -240,10 +234,9 @@ def test_a_run_against_itself_differs_by_zero_and_is_cached(run_copy, tiny_run):
   assert '| mIoU |' in proc.stdout
   cache = os.path.join(run_copy, 'analysis', 'per_image_test.json')
   written = os.path.getmtime(cache)
-  again, second_s = _compare(run_copy, run_copy)
+  again = _compare(run_copy, run_copy)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'per-image statistics from' in again.stderr and os.path.getmtime(cache) == written
-  print(f'first comparison {first_s:.1f} s, cached {second_s:.1f} s')
 
 
 def test_runs_on_other_images_are_refused_before_anything_is_written(tiny_run, tmp_path):
@@ -256,7 +249,7 @@ def test_runs_on_other_images_are_refused_before_anything_is_written(tiny_run, t
       other, digests, np.zeros((n, len(compare.FIELDS))), [[]] * n, b))
   cache_b = compare.cache_path(b, 'test')
   before = os.path.getmtime(cache_b)
-  proc, _ = _compare(a, b, '--json')
+  proc = _compare(a, b, '--json')
   line = assert_one_line_error(proc, 'not scored on the same test images', repr(ids[-1]))
   assert proc.stdout == '', proc.stdout
   assert not os.path.exists(os.path.join(a, 'analysis')), line
@@ -266,7 +259,7 @@ def test_runs_on_other_images_are_refused_before_anything_is_written(tiny_run, t
 def test_a_folder_of_seeds_against_one_run_reports_the_seed_spread(tiny_two_seeds, run_copy,
                                                                    tmp_path):
   seeds = _copy(tiny_two_seeds[0], tmp_path, 'seeds')
-  proc, _ = _compare(seeds, run_copy, '--json')
+  proc = _compare(seeds, run_copy, '--json')
   report = _last_json(proc)
   assert len(report['a']['runs']) == 2 and len(report['b']['runs']) == 1
   tests = [r['test'] for r in tiny_two_seeds[1]['runs']]
