@@ -49,11 +49,8 @@ import numpy as np
 from limijax import metrics as metrics_lib
 from limijax.errors import UserError
 
-# One image's sums, as MetricAccumulator holds them; floats: niou_sum, niou_nonempty_sum.
-FIELDS = ('num_images', 'num_pixels', 'intersection', 'union', 'niou_sum',
-          'niou_nonempty_sum', 'num_nonempty_images', 'num_targets', 'num_matched_targets',
-          'num_false_alarm_components', 'num_false_alarm_pixels',
-          'num_pred_pixels_outside_gt')
+# One image's sums, as MetricAccumulator holds them.
+FIELDS = metrics_lib.MetricAccumulator.SUMS
 _FLOAT_FIELDS = ('niou_sum', 'niou_nonempty_sum')
 # Compared metrics: (key, label, format, higher is better).
 METRICS = (('miou', 'mIoU', '.4f', True), ('niou', 'nIoU', '.4f', True),

@@ -268,6 +268,11 @@ class MetricAccumulator:
   read the metrics with :meth:`result`. See the module docstring for the definitions.
   """
 
+  # The sums a set's metrics are computed from (floats: niou_sum, niou_nonempty_sum).
+  SUMS = ('num_images', 'num_pixels', 'intersection', 'union', 'niou_sum',
+          'niou_nonempty_sum', 'num_nonempty_images', 'num_targets', 'num_matched_targets',
+          'num_false_alarm_components', 'num_false_alarm_pixels', 'num_pred_pixels_outside_gt')
+
   def __init__(self, distance_threshold: float = 3.0):
     self.distance_threshold = _check_threshold(distance_threshold)
     self.num_images = 0
@@ -314,10 +319,7 @@ class MetricAccumulator:
     if other.distance_threshold != self.distance_threshold:
       raise ValueError('cannot merge accumulators with different distance thresholds: '
                        f'{self.distance_threshold} and {other.distance_threshold}')
-    for name in ('num_images', 'num_pixels', 'intersection', 'union', 'niou_sum',
-                 'niou_nonempty_sum', 'num_nonempty_images', 'num_targets',
-                 'num_matched_targets', 'num_false_alarm_components',
-                 'num_false_alarm_pixels', 'num_pred_pixels_outside_gt'):
+    for name in self.SUMS:
       setattr(self, name, getattr(self, name) + getattr(other, name))
 
   def result(self) -> dict:

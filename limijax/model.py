@@ -90,7 +90,8 @@ import jax.numpy as jnp
 from limijax.architecture import BLOCKS, HEADS, PRIOR_BIAS, STEMS, STRIDE, UPSAMPLERS
 from limijax.errors import ConfigError, UserError
 from limijax.kernels import depthwise
-from limijax.kernels.init import init, init_compiler_options, init_device  # noqa: F401  (the model's initialisation)
+# The model's initialisation, and the pieces of the kernels others reach through the model.
+from limijax.kernels.init import init, init_compiler_options, init_device  # noqa: F401
 from limijax.kernels.layers import (BILINEAR_FORMS, NORM_FORMS, POINTWISE_FORMS, DepthwiseConv,
                                     DepthwiseConvTranspose, Forms, OneChannelConv, Pointwise,
                                     SeparableKernels, avg_pool2, conv_init, upsample,

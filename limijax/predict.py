@@ -8,8 +8,9 @@ size) and ``<stem>_overlay.png`` (the grey image with every detected target outl
 red and its centroid marked) for a person to look at. With ``--probs`` it also writes
 ``probs/<stem>.png`` under the output folder: the probability map, 8-bit grey
 (``round(255 * p)``), which ``python -m limijax.evaluate --pred_dir=OUT/probs`` (at any
-``--threshold``) and ``python -m limijax.analyze --prob_dir=OUT/probs`` read. With ``--mask_dir`` (ground-truth
-masks named like the images, or NUAA-SIRST's ``<stem>_pixels0``) the overlay is instead
+``--threshold``) and ``python -m limijax.analyze --prob_dir=OUT/probs`` read. With
+``--mask_dir`` (ground-truth masks named like the images, or NUAA-SIRST's
+``<stem>_pixels0``) the overlay is instead
 the paper's visual comparison (Fig. 5, :func:`comparison`): correct detections red,
 missed targets blue, false alarms yellow, as Pd and Fa count them, and a zoomed inset
 per target to the right of the image. Images are read as 8-bit grey, as

@@ -104,12 +104,16 @@ def _vectorised_step(model, tx, schedule, frozen_loss: tuple, size: int):
   # The same network and parameters, its 1x1 convolutions traced as matrix products.
   matmul_step = _step_function(model.clone(pointwise='matmul'), tx, schedule, frozen_loss)
 
+  def stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+  def split(tree):
+    return tuple(jax.tree.map(functools.partial(lambda k, x: x[k], k), tree)
+                 for k in range(size))
+
   def step(states, batches):
-    stack = lambda *xs: jnp.stack(xs)  # pylint: disable=unnecessary-lambda-assignment
-    new, outs = jax.vmap(matmul_step)(jax.tree.map(stack, *states),
-                                      jax.tree.map(stack, *batches))
-    return (tuple(jax.tree.map(lambda x: x[k], new) for k in range(size)),  # pylint: disable=cell-var-from-loop
-            tuple(jax.tree.map(lambda x: x[k], outs) for k in range(size)))  # pylint: disable=cell-var-from-loop
+    new, outs = jax.vmap(matmul_step)(stack(states), stack(batches))
+    return split(new), split(outs)
 
   return jax.jit(step, donate_argnums=0)
 
@@ -136,7 +140,8 @@ def _step_function(model, tx, schedule, frozen_loss: tuple):
     new = {'params': optax.apply_updates(params, updates),
            'model_state': {**model_state, **new_state},
            'opt_state': opt_state, 'step': state['step'] + 1}
-    out = {'loss': loss, 'lr': schedule(state['step']), **{f'loss_{k}': v for k, v in terms.items()}}
+    out = {'loss': loss, 'lr': schedule(state['step']),
+           **{f'loss_{k}': v for k, v in terms.items()}}
     return new, out
 
   return train_step

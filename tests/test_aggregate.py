@@ -332,4 +332,5 @@ def test_table2_intervals_against_ours_from_trained_runs(tmp_path, tiny_run, tin
   assert got['ci'] == [direct['low'], direct['high']]
   assert got['ci'][0] <= got['diff'] <= got['ci'][1]
   assert got['seed_se'] is not None  # Ours holds two seeds: the seed spread is known
-  assert f'{got["diff"] * 100:+.2f} [{got["ci"][0] * 100:+.2f}, {got["ci"][1] * 100:+.2f}]' in lines[0]
+  low, high = (100 * v for v in got['ci'])
+  assert f'{got["diff"] * 100:+.2f} [{low:+.2f}, {high:+.2f}]' in lines[0]
