@@ -45,23 +45,26 @@ import re
 import sys
 from typing import Any
 
-from limijax.defaults import diff_keys
+from limijax.defaults import diff_keys, fill_defaults
 from limijax.errors import UserError, run
 from limijax.metrics import format_metrics
 
 SKIP_DIRS = ('checkpoints', 'tb')
 # Shown first, in this order; every other numeric test key follows in results.json order.
-HEADLINE = ('miou', 'niou', 'pd', 'fa_e6', 'fa_pixel_e6')
+HEADLINE = ('miou', 'niou', 'pd', 'fa_e6', 'fa_pixel_e6', 'fa_per_mp')
 PLOT_NAME = 'aggregate.png'
 
 # Paper Table 2, in the paper's row order: (row label, folder under ROOT, config file).
 TABLE2 = (
-    ('Ours', 'irstd1k', 'configs/irstd1k.py'),
-    ('w/o ITS', 'no_its', 'configs/ablations/no_its.py'),
-    ('w/o SES', 'no_ses', 'configs/ablations/no_ses.py'),
-    ('w/o LMB', 'no_lmb', 'configs/ablations/no_lmb.py'),
-    ('w/o HUF', 'no_huf', 'configs/ablations/no_huf.py'),
-    ('w/o C2F', 'no_c2f', 'configs/ablations/no_c2f.py'),
+    ('Ours', 'ours', ''),
+    ('w/o ITS', 'no_its', '--config.data.its.enabled=False'),
+    ('w/o SES', 'no_ses', '--config.model.stem=dsconv_bn'),
+    ('w/o LMB', 'no_lmb', '--config.model.block=residual'),
+    ('w/o HUF', 'no_huf', '--config.model.upsampler=bilinear'),
+    ('w/o C2F', 'no_c2f', '--config.model.head=fpn'),
+    # Not a row of the paper: its "plain FPN" may also mean side heads kept with hard
+    # labels (every alpha 0, weights 1), deep supervision without label smoothing.
+    ('w/o C2F, hard side labels', 'no_c2f_hard', '--config.loss.side_alphas=(0.0,0.0,0.0,0.0)'),
 )
 
 
@@ -120,7 +123,19 @@ def load_run(run_dir: str) -> dict:
   if not isinstance(config, dict) or not isinstance(results, dict) or 'test' not in results:
     raise UserError(f'{run_dir} does not hold a limijax run (config.json and results.json '
                     f'with "test")')
+  config = fill_defaults(config)  # keys added since the run read as their defaults
+  for m in (results.get('val'), results.get('test'),
+            (results.get('best_test_epoch') or {}).get('test')):
+    _derive(m)
   return {'path': run_dir, 'config': config, 'results': results, 'seed': config.get('seed')}
+
+
+def _derive(m: dict | None) -> None:
+  """Add to the metrics of a run written before ``fa_per_mp`` existed what its counts
+  give (the numbers ``MetricAccumulator.result`` now computes)."""
+  if (isinstance(m, dict) and 'fa_per_mp' not in m
+      and _is_number(m.get('num_false_alarm_components')) and m.get('num_pixels')):
+    m['fa_per_mp'] = m['num_false_alarm_components'] / m['num_pixels'] * 1e6
 
 
 # --------------------------------------------------------------------------- statistics
@@ -362,6 +377,11 @@ def aggregate_main(root: str) -> dict:
 
 
 # --------------------------------------------------------------------------- Table 2
+# Table 2's metrics and the factor each is printed with (percentages as the paper prints
+# them; false-alarm components per megapixel beside its pixel rate).
+_TABLE2_METRICS = (('miou', 100), ('niou', 100), ('pd', 100), ('fa_e6', 1), ('fa_per_mp', 1))
+
+
 def table2(root: str) -> dict:
   """The paper's Table 2 from ``root/<variant>/...``: a markdown table and its data."""
   if not os.path.isdir(root):
@@ -374,7 +394,7 @@ def table2(root: str) -> dict:
       agg = collect(folder)
       skipped += agg['skipped']
       row.update(n=agg['n'], seeds=agg['seeds'], config=agg['config'], params=agg['params'],
-                 **{k: agg['test'].get(k, stats([])) for k in ('miou', 'niou', 'pd', 'fa_e6')})
+                 **{k: agg['test'].get(k, stats([])) for k, _ in _TABLE2_METRICS})
     else:
       missing.append(folder)
     rows.append(row)
@@ -388,17 +408,16 @@ def table2(root: str) -> dict:
   for row in rows:
     if 'config' in row and ours is not None:
       row['differs_from_ours'] = diff_keys(ours, row['config'])
-  lines = ['| Method | mIoU (%) | nIoU (%) | Pd (%) | Fa (x1e-6) | Params (M) | seeds |',
-           '|---|---|---|---|---|---|---|']
+  lines = ['| Method | mIoU (%) | nIoU (%) | Pd (%) | Fa (x1e-6) | FA/MP | Params (M) | seeds |',
+           '|---|---|---|---|---|---|---|---|']
   for row in rows:
     if not row['n']:
-      lines.append(f'| {row["variant"]} | — | — | — | — | — | 0 |')
+      lines.append(f'| {row["variant"]} | — | — | — | — | — | — | 0 |')
       continue
     p = row['params']
     p = p['mean'] if isinstance(p, dict) else p  # differing counts (not one config): mean
     params = f'{p / 1e6:.3f}' if _is_number(p) else 'n/a'
-    cells = [mean_std(row[k], '.2f', scale, row['n'])
-             for k, scale in (('miou', 100), ('niou', 100), ('pd', 100), ('fa_e6', 1))]
+    cells = [mean_std(row[k], '.2f', scale, row['n']) for k, scale in _TABLE2_METRICS]
     lines.append(f'| {row["variant"]} | {" | ".join(cells)} | {params} | {row["n"]} |')
   return {'root': root, 'rows': rows, 'markdown': '\n'.join(lines)}
 
@@ -425,7 +444,7 @@ def against_ours(rows: list[dict]) -> list[str]:
       if m['diff'] is None or m['ci'][0] is None:
         cells.append(f'{label} n/a')
         continue
-      scale, spec = (1, '+.2f') if key == 'fa_e6' else (100, '+.2f')
+      scale, spec = (100, '+.2f') if key in ('miou', 'niou', 'pd') else (1, '+.2f')
       beyond = {True: 'yes', False: 'no', None: 'n/a'}
       cells.append(f'{label} {m["diff"] * scale:{spec}} [{m["ci"][0] * scale:{spec}}, '
                    f'{m["ci"][1] * scale:{spec}}] (beyond test / seeds: '

@@ -55,6 +55,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from limijax import metrics
+from limijax.data import targets as target_stats
 from limijax.predict import FALSE_ALARM_COLOUR, HIT_COLOUR, MISS_COLOUR, PANEL_COLOUR
 
 # Every hundredth from 0.01 to 0.99, and three more on each tail, where a confident
@@ -68,8 +69,7 @@ AREA_BUCKETS = (('1-9', 9), ('10-25', 25), ('26-64', 64), ('65-144', 144), ('>14
 # Contrast buckets: below 1, [1, 2), [2, 4), [4, 8), 8 and above; then 'n/a'.
 CONTRAST_EDGES = (1.0, 2.0, 4.0, 8.0)
 CONTRAST_LABELS = ('<1', '1-2', '2-4', '4-8', '>=8', 'n/a')
-RING_RADIUS = 5
-MIN_RING_STD = 1.0
+RING_RADIUS, MIN_RING_STD = target_stats.RING_RADIUS, target_stats.MIN_RING_STD
 # The gallery: a crop of at least GALLERY_CROP px around each case, scaled up by an
 # integer factor (nearest neighbour) into a GALLERY_TILE px square, framed GALLERY_BORDER
 # px in the case's colour, captioned below; GALLERY_COLUMNS panels a row, GALLERY_GAP apart.
@@ -194,21 +194,9 @@ class ImageRow:
 def local_contrast(image: np.ndarray, obj: np.ndarray, targets: np.ndarray,
                    box: tuple[int, int, int, int], radius: int = RING_RADIUS) -> float | None:
   """The signal-to-clutter ratio of the object ``obj`` (bool (H, W), inside ``box``) on
-  ``image``; ``targets`` (bool (H, W)) are kept out of the ring. See the module docstring.
-  Only the box grown by ``radius`` is looked at, which holds the whole ring."""
-  h, w = obj.shape
-  r0, r1, c0, c1 = box
-  window = (slice(max(r0 - radius, 0), min(r1 + radius, h)),
-            slice(max(c0 - radius, 0), min(c1 + radius, w)))
-  inside = obj[window]
-  near = ndimage.binary_dilation(inside, structure=np.ones((2 * radius + 1,) * 2, bool))
-  ring = near & ~inside & ~targets[window]
-  if not ring.any() or not inside.any():
-    return None
-  grey = np.asarray(image[window], np.float64)
-  background = grey[ring]
-  return float((grey[inside].mean() - background.mean()) / max(background.std(),
-                                                                MIN_RING_STD))
+  ``image``; ``targets`` (bool (H, W)) are kept out of the ring. See the module docstring
+  (and :mod:`limijax.data.targets`, which measures a dataset's targets the same way)."""
+  return target_stats.scr(*target_stats.ring_stats(image, obj, targets, box, radius))
 
 
 def _box(slices) -> tuple[int, int, int, int]:

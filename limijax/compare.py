@@ -54,7 +54,8 @@ FIELDS = metrics_lib.MetricAccumulator.SUMS
 _FLOAT_FIELDS = ('niou_sum', 'niou_nonempty_sum')
 # Compared metrics: (key, label, format, higher is better).
 METRICS = (('miou', 'mIoU', '.4f', True), ('niou', 'nIoU', '.4f', True),
-           ('pd', 'Pd', '.4f', True), ('fa_e6', 'Fa x1e-6', '.2f', False))
+           ('pd', 'Pd', '.4f', True), ('fa_e6', 'Fa x1e-6', '.2f', False),
+           ('fa_per_mp', 'FA/MP', '.2f', False))
 _ALIASES = {'fa': 'fa_e6'}  # the name format_metrics uses for Fa
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -138,6 +139,8 @@ def metric_of_totals(totals: np.ndarray, metric: str) -> np.ndarray:
     return ratio(col['num_matched_targets'], col['num_targets'], np.nan)
   if metric == 'fa_e6':
     return ratio(col['num_false_alarm_pixels'], col['num_pixels'], 0.0) * 1e6
+  if metric == 'fa_per_mp':
+    return ratio(col['num_false_alarm_components'], col['num_pixels'], 0.0) * 1e6
   raise ValueError(f'unknown metric {metric!r}; expected one of {[m[0] for m in METRICS]}')
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import ml_collections
 
+# The readings of the paper's "cosine annealing with a period of 10" (config ``cosine``;
+# limijax/schedule.py says what each computes).
+COSINE_READINGS = ('annealing', 'restarts', 'single')
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -39,8 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
   d.its.enabled = True  # paper 3.2; False = the "w/o ITS" ablation
   d.its.prob = 0.5  # P(an image gets pseudo targets)
   d.its.max_targets = 3  # 1..max_targets pseudo targets per chosen image
-  d.its.min_size = 1  # pseudo-target radius range, pixels
-  d.its.max_size = 5
+  d.its.min_size = 1.0  # pseudo-target radius range, pixels
+  d.its.max_size = 5.0
   d.its.min_contrast = 0.15  # peak above the local background mean, as a fraction of 255
   d.its.max_contrast = 0.6
 
@@ -52,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.block = 'lmb'  # lmb | residual  ("w/o LMB")
   m.upsampler = 'huf'  # huf | bilinear  ("w/o HUF")
   m.head = 'c2f'  # c2f | fpn  ("w/o C2F")
+  m.norm = 'group'  # group | batch: the normalisation of every block outside SES
   m.depthwise = 'auto'  # auto | grouped | shift
 
   # --- loss (paper eq. 1-4) ------------------------------------------------
@@ -70,7 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay = 1e-2  # AdamW default of torch.optim.AdamW
   c.warmup_steps = 30
   c.warmup_start_factor = 0.05
-  c.cosine_period_epochs = 10  # T_max of CosineAnnealingLR, in epochs
+  c.cosine = 'annealing'  # annealing | restarts | single: the reading of the paper's
+  # "cosine annealing with a period of 10" (limijax/schedule.py)
+  c.cosine_period_epochs = 10  # T_max of CosineAnnealingLR (T_0 for restarts), in epochs
   c.min_learning_rate = 5e-4
 
   # --- evaluation and logging ---------------------------------------------
@@ -84,6 +91,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.track_test = False
   c.tophat_baseline = True  # also score a white top-hat on the test images (the floor)
   return c
+
+
+def fill_defaults(stored: dict) -> dict:
+  """A stored config (a run's ``config.json``) over :func:`base_config`'s values: a key
+  added to limijax after the run was made reads as its default, which is what the run
+  did. Lists become tuples, as config files write them."""
+  out = base_config().to_dict()
+
+  def fill(dst, src):
+    for k, v in src.items():
+      if isinstance(v, dict) and isinstance(dst.get(k), dict):
+        fill(dst[k], v)
+      else:
+        dst[k] = tuple(v) if isinstance(v, list) else v
+
+  fill(out, stored)
+  return out
 
 
 def diff_keys(a: dict, b: dict, prefix: str = '') -> list[str]:
@@ -122,6 +146,9 @@ def _check_run_keys(config) -> None:
   for key in ('track_test', 'tophat_baseline', 'vectorise_seeds'):
     if not isinstance(config[key], bool):
       raise ConfigError(key, f'must be True or False, got {config[key]!r}')
+  if config.cosine not in COSINE_READINGS:
+    raise ConfigError('cosine', f'must be one of {", ".join(COSINE_READINGS)}; got '
+                      f'{config.cosine!r}')
   if not _int(config.seed):
     raise ConfigError('seed', f'must be an integer, got {config.seed!r}')
   if not config.learning_rate > 0:

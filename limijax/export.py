@@ -232,11 +232,7 @@ def read_npz(path: str):
 # --------------------------------------------------------------------------- check
 def flax_model(model_cfg: dict):
   from limijax import model as model_lib  # pylint: disable=g-import-not-at-top
-  return model_lib.LimiNet(
-      channels=tuple(model_cfg['channels']), stem_channels=model_cfg['stem_channels'],
-      in_channels=model_cfg['in_channels'], stem=model_cfg['stem'], block=model_cfg['block'],
-      upsampler=model_cfg['upsampler'], head=model_cfg['head'],
-      depthwise=model_cfg.get('depthwise', 'auto'))
+  return model_lib.from_model_config(model_cfg)
 
 
 def _exported_runner(path: str, fmt: str):

@@ -32,6 +32,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from limijax import defaults
+from limijax.architecture import MODEL_KEYS
 from limijax.errors import UserError, run
 
 FLAGS = flags.FLAGS
@@ -55,8 +56,7 @@ def holds_run(workdir: str) -> bool:
 def _architecture_diff(stored: dict, config) -> list[str]:
   from limijax import export  # pylint: disable=g-import-not-at-top
   mine = export.model_config(config)
-  keys = ('channels', 'stem_channels', 'in_channels', 'stem', 'block', 'upsampler', 'head')
-  return [f'{k}={stored.get(k)!r} (--config: {mine[k]!r})' for k in keys
+  return [f'{k}={stored.get(k)!r} (--config: {mine[k]!r})' for k in MODEL_KEYS
           if k in stored and (list(stored[k]) if k == 'channels' else stored[k]) != mine[k]]
 
 

@@ -44,6 +44,9 @@ Metrics of a set of images, accumulated with :class:`MetricAccumulator`:
   come from the component-based ``fa`` above, so our headline "Fa" is ``fa``; the two
   differ by the surplus pixels of matched components (counted by ``fa_pixel``, not by
   ``fa``) and by the target pixels inside unmatched components (the other way round).
+* ``fa_per_mp`` = unmatched predicted components (false alarms counted as objects, as a
+  detector's user meets them) per million pixels of the set: how many false detections a
+  megapixel frame holds on average, whatever their size.
 
 The distance test is exact. A component's centroid is (row sum / area, col sum / area) of
 integer pixel coordinates, so for a target with area ``a`` and sums ``(R_g, C_g)`` and a
@@ -338,6 +341,8 @@ class MetricAccumulator:
         'fa_e6': fa * 1e6,
         'fa_pixel': fa_pixel,
         'fa_pixel_e6': fa_pixel * 1e6,
+        'fa_per_mp': (self.num_false_alarm_components / self.num_pixels * 1e6
+                      if self.num_pixels else 0.0),
         'num_images': self.num_images,
         'num_targets': self.num_targets,
         'num_matched_targets': self.num_matched_targets,
@@ -364,6 +369,7 @@ _FORMATS = {
     'pd': ('Pd', 'pd', '{:.4f}'),
     'fa': ('Fa', 'fa_e6', '{:.2f}e-6'),
     'fa_pixel': ('Fa_pixel', 'fa_pixel_e6', '{:.2f}e-6'),
+    'fa_per_mp': ('FA/MP', 'fa_per_mp', '{:.2f}'),
 }
 
 
@@ -371,7 +377,7 @@ def format_metrics(m: dict, names: Iterable[str] = ('miou', 'niou', 'pd', 'fa'))
   """One line of metrics as the commands print them.
 
   ``format_metrics(result)`` gives e.g. ``mIoU 0.6628  nIoU 0.6222  Pd 0.9003  Fa
-  144.96e-6``; ``names`` picks and orders the metrics (of miou, niou, pd, fa, fa_pixel).
+  144.96e-6``; ``names`` picks and orders the metrics (of miou, niou, pd, fa, fa_pixel, fa_per_mp).
   A value that is ``None`` (``pd`` of a set without targets) prints as ``n/a``.
   """
   parts = []

@@ -31,7 +31,10 @@ Decisions the paper leaves open (also listed in the README's model section):
   every convolution that is not followed by a head or by the residual sum's own norm.
   GroupNorm, not BatchNorm, also beyond the stem: the paper's reason for it in SES
   (small batches) holds for the whole network, and it makes training and inference
-  compute the same function. The ``dsconv_bn`` ablation stem is the only BatchNorm.
+  compute the same function. ``norm='batch'`` (config ``model.norm``) puts BatchNorm in
+  every block outside SES instead (:class:`Norm`), the reading of the paper's contrast
+  between SES's GroupNorm and "batch normalization" (3.3); the ``dsconv_bn`` ablation
+  stem is a BatchNorm whatever ``norm`` says.
 * SES (3.2: "a depth-wise separable convolution, supplemented by ECA, is then used ...
   while increasing the number of channels to 8"): a standard 3x3 conv 1 -> 4
   (``stem_channels``) + GN + ReLU, then depthwise 3x3 + pointwise 4 -> 8 (``channels[0]``)
@@ -79,6 +82,7 @@ multi-scale FPN-style head, no label-smoothed side supervision).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Sequence
@@ -87,7 +91,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from limijax.architecture import BLOCKS, HEADS, PRIOR_BIAS, STEMS, STRIDE, UPSAMPLERS
+from limijax.architecture import (BLOCKS, BN_EPS, BN_MOMENTUM_FLAX, HEADS, NORMS, PRIOR_BIAS,
+                                  STEMS, STRIDE, UPSAMPLERS)
 from limijax.errors import ConfigError, UserError
 from limijax.kernels import depthwise
 # The model's initialisation, and the pieces of the kernels others reach through the model.
@@ -102,7 +107,7 @@ from limijax.kernels.valid import (Valid, replicate_valid_edge, size_of, valid_m
 
 # The config keys that choose a variant, and their values.
 CHOICES = (('stem', STEMS), ('block', BLOCKS), ('upsampler', UPSAMPLERS), ('head', HEADS),
-           ('depthwise', depthwise.IMPLS))
+           ('norm', NORMS), ('depthwise', depthwise.IMPLS))
 
 
 class InputShapeError(UserError, ValueError):
@@ -117,6 +122,26 @@ def group_norm(x, name: str, forms: Forms, valid: Valid | None = None):
       raise ValueError("the 'flax' GroupNorm form has no valid_hw")
     return nn.GroupNorm(num_groups=num_groups(x.shape[-1]), epsilon=GN_EPS, name=name)(x)
   return gn(x.shape[-1], name)(x, valid)
+
+
+@dataclasses.dataclass(frozen=True)
+class Norm:
+  """The normalisation after the convolutions of the blocks outside SES (``model.norm``):
+  ``kind='group'``, Limi-Net's GroupNorm (:func:`group_norm`), or ``kind='batch'``, a
+  BatchNorm (PyTorch's eps and momentum) under the same name with ``bn`` for ``gn``,
+  normalising with the batch's statistics when ``train`` and with its running ones
+  otherwise. SES keeps its GroupNorm either way (paper 3.2)."""
+  kind: str = 'group'
+  train: bool = False
+
+  def __call__(self, x, name: str, forms: Forms, valid: Valid | None = None):
+    if self.kind == 'group':
+      return group_norm(x, name, forms, valid)
+    x = nn.BatchNorm(use_running_average=not self.train, momentum=BN_MOMENTUM_FLAX,
+                     epsilon=BN_EPS, name=name.replace('gn', 'bn'))(x)
+    # its shift leaves values beyond each image's valid part, which later layers would
+    # carry on: zeroed, as GroupNorm's are
+    return zero_invalid(x, valid)
 
 
 def pointwise(features: int, forms: Forms, use_bias: bool = False, name: str | None = None,
@@ -200,8 +225,8 @@ class DSConvBNStem(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool, valid: Valid | None = None):
     x = DSConv(self.features, forms=self.forms, name='dsconv')(x, valid)
-    # momentum 0.9 / eps 1e-5 = torch.nn.BatchNorm2d's defaults (torch momentum 0.1).
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name='bn')(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM_FLAX, epsilon=BN_EPS,
+                     name='bn')(x)
     # BatchNorm's shift leaves values beyond the valid part, which the shortcuts of the
     # blocks would carry on: zeroed (GroupNorm does so everywhere else)
     return zero_invalid(nn.relu(x), valid)
@@ -213,19 +238,20 @@ class LMB(nn.Module):
   kernel_sizes: Sequence[int] = (3, 7)
   bottleneck_ratio: float = 0.5
   forms: Forms = Forms()
+  norm: Norm = Norm()
 
   @nn.compact
   def __call__(self, x, valid: Valid | None = None):
     mid = max(1, int(self.features * self.bottleneck_ratio))
-    y = nn.relu(group_norm(pointwise(mid, self.forms, name='reduce')(x), 'reduce_gn', self.forms,
-                           valid))
+    y = nn.relu(self.norm(pointwise(mid, self.forms, name='reduce')(x), 'reduce_gn', self.forms,
+                          valid))
     branches = []
     for i, k in enumerate(self.kernel_sizes):
       b = DSConv(mid, kernel_size=k, stride=2, forms=self.forms, name=f'branch{i}')(y, valid)
-      branches.append(nn.relu(group_norm(b, f'branch{i}_gn', self.forms, valid)))
+      branches.append(nn.relu(self.norm(b, f'branch{i}_gn', self.forms, valid)))
     y = jnp.concatenate(branches, axis=-1)
-    y = group_norm(pointwise(self.features, self.forms, name='fuse')(y), 'fuse_gn', self.forms,
-                   valid)
+    y = self.norm(pointwise(self.features, self.forms, name='fuse')(y), 'fuse_gn', self.forms,
+                  valid)
     y = ECA(name='eca')(y, valid)
     shortcut = avg_pool2(x)
     if x.shape[-1] != self.features:
@@ -237,15 +263,16 @@ class ResidualBlock(nn.Module):
   """The "w/o LMB" block: two 3x3 convs (the first with stride 2) + GN and a shortcut."""
   features: int
   forms: Forms = Forms()
+  norm: Norm = Norm()
 
   @nn.compact
   def __call__(self, x, valid: Valid | None = None):
     y = nn.Conv(self.features, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
                 use_bias=False, kernel_init=conv_init, name='conv1')(x)
-    y = nn.relu(group_norm(zero_invalid(y, valid), 'gn1', self.forms, valid))
+    y = nn.relu(self.norm(zero_invalid(y, valid), 'gn1', self.forms, valid))
     y = zero_invalid(nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                              kernel_init=conv_init, name='conv2')(y), valid)
-    y = group_norm(y, 'gn2', self.forms, valid)
+    y = self.norm(y, 'gn2', self.forms, valid)
     shortcut = avg_pool2(x)
     if x.shape[-1] != self.features:
       shortcut = pointwise(self.features, self.forms, name='shortcut')(shortcut)
@@ -261,6 +288,7 @@ class HUF(nn.Module):
   features: int
   hybrid: bool = True
   forms: Forms = Forms()
+  norm: Norm = Norm()
 
   @nn.compact
   def __call__(self, deep, skip, valid: Valid | None = None):
@@ -276,7 +304,7 @@ class HUF(nn.Module):
       up = DSConv(self.features, forms=self.forms, name='up_dsconv')(
           zero_invalid(upsample(replicate_valid_edge(deep, valid), 2, self.forms), valid), valid)
     y = pointwise(self.features, self.forms, name='fuse')(jnp.concatenate([up, skip], axis=-1))
-    return nn.relu(group_norm(y, 'fuse_gn', self.forms, valid))
+    return nn.relu(self.norm(y, 'fuse_gn', self.forms, valid))
 
 
 class FastUp(nn.Module):
@@ -290,6 +318,7 @@ class FastUp(nn.Module):
   factor: int
   features: int = 4
   forms: Forms = Forms()
+  norm: Norm = Norm()
 
   @nn.compact
   def __call__(self, x, valid: Valid | None = None):
@@ -301,18 +330,19 @@ class FastUp(nn.Module):
     else:
       dw, pw = SeparableKernels(self.features, name='dsconv')(x.shape[-1])
       x = upsample_separable_conv(x, dw, pw, self.factor, self.forms, valid)
-    return nn.relu(group_norm(zero_invalid(x, valid), 'gn', self.forms, valid))
+    return nn.relu(self.norm(zero_invalid(x, valid), 'gn', self.forms, valid))
 
 
 class SegmentHead(nn.Module):
   """Segment head (Fig. 4c): depthwise-separable 3x3 + GN + ReLU, then 1x1 to one logit."""
   features: int = 8
   forms: Forms = Forms()
+  norm: Norm = Norm()
 
   @nn.compact
   def __call__(self, x, valid: Valid | None = None):
     x = DSConv(self.features, forms=self.forms, name='dsconv')(x, valid)
-    x = nn.relu(group_norm(x, 'gn', self.forms, valid))
+    x = nn.relu(self.norm(x, 'gn', self.forms, valid))
     return pointwise(1, self.forms, use_bias=True,
                      bias_init=nn.initializers.constant(PRIOR_BIAS), name='logit')(x)
 
@@ -333,6 +363,7 @@ class LimiNet(nn.Module):
   block: str = 'lmb'
   upsampler: str = 'huf'
   head: str = 'c2f'
+  norm: str = 'group'
   depthwise: str = 'auto'
   pointwise: str = 'conv'
   groupnorm: str = 'fast'
@@ -371,6 +402,7 @@ class LimiNet(nn.Module):
       valid = Valid(valid_hw, x.shape[1], valid_masks)
     x = zero_invalid(x, valid)  # whatever the padding beyond the valid part held
     forms = Forms(self.depthwise, self.pointwise, self.groupnorm, self.bilinear)
+    norm = Norm(self.norm, train)
     c1, c2, c3, c4 = self.channels
     # --- Lightweight Stable Encoder (3.3) ---
     if self.stem == 'ses':
@@ -378,24 +410,26 @@ class LimiNet(nn.Module):
     else:
       e0 = DSConvBNStem(c1, forms, name='stem_dsconv_bn')(x, train, valid)
     if self.block == 'lmb':
-      blocks = [LMB(c, forms=forms, name=f'lmb{i + 1}') for i, c in enumerate(self.channels)]
+      blocks = [LMB(c, forms=forms, norm=norm, name=f'lmb{i + 1}')
+                for i, c in enumerate(self.channels)]
     else:
-      blocks = [ResidualBlock(c, forms, name=f'res{i + 1}') for i, c in enumerate(self.channels)]
+      blocks = [ResidualBlock(c, forms, norm, name=f'res{i + 1}')
+                for i, c in enumerate(self.channels)]
     e1 = blocks[0](e0, valid)  # 1/2
     e2 = blocks[1](e1, valid)  # 1/4
     e3 = blocks[2](e2, valid)  # 1/8
     e4 = blocks[3](e3, valid)  # 1/16
     # --- Coarse-to-fine Hybrid Upsampling Decoder (3.4) ---
     hybrid = self.upsampler == 'huf'
-    d3 = HUF(c3, hybrid, forms, name='huf1')(e4, e3, valid)  # 1/8
-    d2 = HUF(c2, hybrid, forms, name='huf2')(d3, e2, valid)  # 1/4
-    d1 = HUF(c1, hybrid, forms, name='huf3')(d2, e1, valid)  # 1/2
-    d0 = HUF(c1, hybrid, forms, name='huf4')(d1, e0, valid)  # 1/1
+    d3 = HUF(c3, hybrid, forms, norm, name='huf1')(e4, e3, valid)  # 1/8
+    d2 = HUF(c2, hybrid, forms, norm, name='huf2')(d3, e2, valid)  # 1/4
+    d1 = HUF(c1, hybrid, forms, norm, name='huf3')(d2, e1, valid)  # 1/2
+    d0 = HUF(c1, hybrid, forms, norm, name='huf4')(d1, e0, valid)  # 1/1
     fu = self.fastup_channels
-    f3 = FastUp(8, fu, forms, name='fastup8')(d3, valid)
-    f2 = FastUp(4, fu, forms, name='fastup4')(d2, valid)
-    f1 = FastUp(2, fu, forms, name='fastup2')(d1, valid)
-    final = SegmentHead(self.head_channels, forms, name='head')(
+    f3 = FastUp(8, fu, forms, norm, name='fastup8')(d3, valid)
+    f2 = FastUp(4, fu, forms, norm, name='fastup4')(d2, valid)
+    f1 = FastUp(2, fu, forms, norm, name='fastup2')(d1, valid)
+    final = SegmentHead(self.head_channels, forms, norm, name='head')(
         jnp.concatenate([f3, f2, f1, d0], axis=-1), valid)
     if not train:
       return final
@@ -404,7 +438,7 @@ class LimiNet(nn.Module):
     # C2F side heads (3.4, Fig. 4c; training only): an independent SegmentHead on each
     # HUF output brought to full resolution, coarsest (x8) first, the order of
     # loss.side_alphas.
-    sides = tuple(SegmentHead(self.head_channels, forms, name=f'side{i}')(f)
+    sides = tuple(SegmentHead(self.head_channels, forms, norm, name=f'side{i}')(f)
                   for i, f in enumerate((f3, f2, f1, d0)))
     return final, sides
 
@@ -425,11 +459,18 @@ def check_config(model_cfg) -> None:
 
 def from_config(config, in_channels: int | None = None) -> LimiNet:
   """Build the model from a run config (``config.model`` and ``config.data.in_channels``)."""
-  m = config.model
+  return from_model_config({**config.model.to_dict(),
+                            'in_channels': in_channels or config.data.in_channels})
+
+
+def from_model_config(m) -> LimiNet:
+  """Build the model from the plain dict an export stores (the architecture keys and
+  ``in_channels``; ``norm`` and ``depthwise``, when absent, read as their defaults)."""
   return LimiNet(
-      channels=tuple(m.channels), stem_channels=m.stem_channels,
-      in_channels=in_channels or config.data.in_channels,
-      stem=m.stem, block=m.block, upsampler=m.upsampler, head=m.head, depthwise=m.depthwise)
+      channels=tuple(m['channels']), stem_channels=m['stem_channels'],
+      in_channels=m['in_channels'], stem=m['stem'], block=m['block'],
+      upsampler=m['upsampler'], head=m['head'], norm=m.get('norm', 'group'),
+      depthwise=m.get('depthwise', 'auto'))
 
 
 @functools.lru_cache(maxsize=64)

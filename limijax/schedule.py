@@ -1,11 +1,18 @@
 """The paper's learning-rate schedule and optimiser (section 4.2), step by step as PyTorch.
 
 AdamW at ``learning_rate`` under PyTorch's ``LinearLR`` (``warmup_steps`` iterations
-rising from ``warmup_start_factor`` to 1, stepped per iteration) chained with
-``CosineAnnealingLR`` (``T_max = cosine_period_epochs``, ``eta_min = min_learning_rate``,
-stepped per epoch), reproduced step by step by :func:`lr_table`. Like PyTorch's
-scheduler, the cosine does not stop after its period: the rate falls to ``eta_min`` at
-epoch 10, climbs back to ``lr`` at epoch 20, and so on.
+rising from ``warmup_start_factor`` to 1, stepped per iteration) chained with a cosine
+stepped per epoch down to ``eta_min = min_learning_rate``, reproduced step by step by
+:func:`lr_table`. The paper's "cosine annealing with a period of 10" has three readings
+(config ``cosine``):
+
+* ``annealing`` (the default): ``CosineAnnealingLR(T_max=cosine_period_epochs)``. Like
+  PyTorch's scheduler, the cosine does not stop after its period: the rate falls to
+  ``eta_min`` at epoch 10, climbs back to ``lr`` at epoch 20, and so on.
+* ``restarts``: ``CosineAnnealingWarmRestarts(T_0=cosine_period_epochs)``, created before
+  ``LinearLR`` (created after, it would reset the warm-up's first rate): the rate falls
+  towards ``eta_min`` over each period and jumps back to ``lr`` every 10 epochs.
+* ``single``: one cosine over the whole run, ``CosineAnnealingLR(T_max=num_epochs)``.
 """
 
 from __future__ import annotations
@@ -23,14 +30,18 @@ def lr_table(config, steps_per_epoch: int, num_steps: int) -> np.ndarray:
   """The learning rate of every step, exactly as PyTorch computes it for the paper's recipe.
 
   That recipe chains two schedulers on one optimiser: ``LinearLR(start_factor, 1,
-  total_iters=warmup_steps)`` stepped after every iteration and
-  ``CosineAnnealingLR(T_max=cosine_period_epochs, eta_min=min_learning_rate)`` stepped
-  after every epoch. Chained, each updates the current rate in its recursive form, so
-  when warm-up outlasts the first epoch the result is not the product of the two closed
-  forms; replaying the recursions (in float64) gives PyTorch's numbers step by step.
+  total_iters=warmup_steps)`` stepped after every iteration and the cosine of
+  ``config.cosine`` (module docstring) stepped after every epoch. Chained, each updates
+  the current rate (``LinearLR`` and ``CosineAnnealingLR`` in their recursive forms,
+  ``CosineAnnealingWarmRestarts`` in its closed form), so when warm-up outlasts the first
+  epoch the result is not the product of two closed forms; replaying them (in float64)
+  gives PyTorch's numbers step by step.
   """
   base, eta_min = float(config.learning_rate), float(config.min_learning_rate)
   period, warm = int(config.cosine_period_epochs), int(config.warmup_steps)
+  reading = config.cosine
+  if reading == 'single':
+    period = int(config.num_epochs)
   start = float(config.warmup_start_factor)
   lr = base * start if warm > 0 else base
   out = np.empty(num_steps, np.float64)
@@ -41,7 +52,9 @@ def lr_table(config, steps_per_epoch: int, num_steps: int) -> np.ndarray:
       lr *= 1.0 + (1.0 - start) / (warm * start + (k - 1) * (1.0 - start))
     if k % steps_per_epoch == 0:  # CosineAnnealingLR.step() at the end of an epoch
       e = k // steps_per_epoch
-      if (e - 1 - period) % (2 * period) == 0:
+      if reading == 'restarts':  # the closed form of the epoch's place in its period
+        lr = eta_min + (base - eta_min) * (1 + math.cos(math.pi * (e % period) / period)) / 2
+      elif (e - 1 - period) % (2 * period) == 0:
         lr += (base - eta_min) * (1 - math.cos(math.pi / period)) / 2
       else:
         lr = ((1 + math.cos(math.pi * e / period)) / (1 + math.cos(math.pi * (e - 1) / period))
@@ -64,7 +77,7 @@ def make_schedule(config, steps_per_epoch: int):
 # run with the same settings in one process (a test suite, a notebook, seeds run one after
 # another) reuses the jitted functions, so they are neither traced nor fetched from the
 # compilation cache again.
-_SCHEDULE_KEYS = ('learning_rate', 'min_learning_rate', 'cosine_period_epochs',
+_SCHEDULE_KEYS = ('learning_rate', 'min_learning_rate', 'cosine', 'cosine_period_epochs',
                   'warmup_steps', 'warmup_start_factor', 'num_epochs', 'weight_decay')
 
 

@@ -131,7 +131,8 @@ def _define_flags() -> None:
 def main(argv):
   s = summarize(defaults.checked(FLAGS.config), FLAGS.size)
   print(f'Limi-Net  stem={s["model"]["stem"]} block={s["model"]["block"]} '
-        f'upsampler={s["model"]["upsampler"]} head={s["model"]["head"]}')
+        f'upsampler={s["model"]["upsampler"]} head={s["model"]["head"]} '
+        f'norm={s["model"]["norm"]}')
   print(f'parameters: {s["params"]:,} ({s["params_m"]:.3f} M) at inference; '
         f'{s["train_params"]:,} in training, with the C2F side heads\' {s["side_head_params"]:,}')
   print(f'GMACs at 1x{s["size"]}x{s["size"]}x{s["in_channels"]}: {s["gmacs"]:.3f}')

@@ -166,10 +166,7 @@ def flax_template(config: Any):
   config (or an exported model-config dict)."""
   from limijax import model as model_lib  # pylint: disable=g-import-not-at-top
   m = _model_config(config)
-  model = model_lib.LimiNet(channels=tuple(m['channels']), stem_channels=m['stem_channels'],
-                            in_channels=m['in_channels'], stem=m['stem'], block=m['block'],
-                            upsampler=m['upsampler'], head=m['head'])
-  variables = model_lib.variable_shapes(model)
+  variables = model_lib.variable_shapes(model_lib.from_model_config(m))
   return variables['params'], {k: v for k, v in variables.items() if k != 'params'}
 
 

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from limijax.architecture import (BLOCKS, BN_EPS, GN_EPS, HEADS, MODEL_KEYS, PRIOR_BIAS,  # noqa: F401
-                                  STEMS, STRIDE, UPSAMPLERS)
+from limijax.architecture import (BLOCKS, BN_EPS, GN_EPS, HEADS, MODEL_KEYS, NORMS,  # noqa: F401
+                                  PRIOR_BIAS, STEMS, STRIDE, UPSAMPLERS)
 from limijax.architecture import BN_MOMENTUM_TORCH as BN_MOMENTUM
 
 
@@ -65,6 +65,29 @@ class GroupNorm(nn.GroupNorm):
 
 def gn(channels: int) -> GroupNorm:
   return GroupNorm(min(4, max(1, channels // 2)), channels, eps=GN_EPS)
+
+
+class Normed(nn.Module):
+  """A block whose convolutions are followed by the norm of ``model.norm``: GroupNorm
+  (:func:`gn`) under the flax model's names (``reduce_gn``, ``gn``, ...), or
+  ``nn.BatchNorm2d`` (eps 1e-5, momentum 0.1) under the same names with ``bn`` for ``gn``."""
+
+  def __init__(self, norm: str = 'group'):
+    super().__init__()
+    if norm not in NORMS:
+      raise ValueError(f'model.norm must be one of {NORMS}, got {norm!r}')
+    self.norm_kind = norm
+
+  def _name(self, name: str) -> str:
+    return name if self.norm_kind == 'group' else name.replace('gn', 'bn')
+
+  def add_norm(self, name: str, channels: int) -> None:
+    layer = (gn(channels) if self.norm_kind == 'group'
+             else nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM))
+    setattr(self, self._name(name), layer)
+
+  def norm(self, name: str) -> nn.Module:
+    return getattr(self, self._name(name))
 
 
 def depthwise(channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Conv2d:
@@ -139,56 +162,57 @@ class DSConvBNStem(nn.Module):
     return F.relu(self.bn(self.dsconv(x)))
 
 
-class LMB(nn.Module):
+class LMB(Normed):
   def __init__(self, cin: int, features: int, kernel_sizes=(3, 7),
-               bottleneck_ratio: float = 0.5):
-    super().__init__()
+               bottleneck_ratio: float = 0.5, norm: str = 'group'):
+    super().__init__(norm)
     mid = max(1, int(features * bottleneck_ratio))
     self.kernel_sizes = tuple(kernel_sizes)
     self.reduce = pointwise(cin, mid)
-    self.reduce_gn = gn(mid)
+    self.add_norm('reduce_gn', mid)
     for i, k in enumerate(self.kernel_sizes):
       setattr(self, f'branch{i}', DSConv(mid, mid, k, stride=2))
-      setattr(self, f'branch{i}_gn', gn(mid))
+      self.add_norm(f'branch{i}_gn', mid)
     self.fuse = pointwise(mid * len(self.kernel_sizes), features)
-    self.fuse_gn = gn(features)
+    self.add_norm('fuse_gn', features)
     self.eca = ECA(features)
     self.shortcut = pointwise(cin, features) if cin != features else None
 
   def forward(self, x):
-    y = F.relu(self.reduce_gn(self.reduce(x)))
-    branches = [F.relu(getattr(self, f'branch{i}_gn')(getattr(self, f'branch{i}')(y)))
+    y = F.relu(self.norm('reduce_gn')(self.reduce(x)))
+    branches = [F.relu(self.norm(f'branch{i}_gn')(getattr(self, f'branch{i}')(y)))
                 for i in range(len(self.kernel_sizes))]
-    y = self.eca(self.fuse_gn(self.fuse(torch.cat(branches, dim=1))))
+    y = self.eca(self.norm('fuse_gn')(self.fuse(torch.cat(branches, dim=1))))
     shortcut = F.avg_pool2d(x, 2)
     if self.shortcut is not None:
       shortcut = self.shortcut(shortcut)
     return F.relu(y + shortcut)
 
 
-class ResidualBlock(nn.Module):
-  def __init__(self, cin: int, features: int):
-    super().__init__()
+class ResidualBlock(Normed):
+  def __init__(self, cin: int, features: int, norm: str = 'group'):
+    super().__init__(norm)
     self.conv1 = nn.Conv2d(cin, features, 3, stride=2, padding=1, bias=False)
-    self.gn1 = gn(features)
+    self.add_norm('gn1', features)
     self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=False)
-    self.gn2 = gn(features)
+    self.add_norm('gn2', features)
     self.shortcut = pointwise(cin, features) if cin != features else None
 
   def forward(self, x):
-    y = F.relu(self.gn1(self.conv1(x)))
-    y = self.gn2(self.conv2(y))
+    y = F.relu(self.norm('gn1')(self.conv1(x)))
+    y = self.norm('gn2')(self.conv2(y))
     shortcut = F.avg_pool2d(x, 2)
     if self.shortcut is not None:
       shortcut = self.shortcut(shortcut)
     return F.relu(y + shortcut)
 
 
-class HUF(nn.Module):
+class HUF(Normed):
   """Hybrid Upsampling Fusion; ``hybrid=False`` is the "w/o HUF" ablation."""
 
-  def __init__(self, cdeep: int, cskip: int, features: int, hybrid: bool = True):
-    super().__init__()
+  def __init__(self, cdeep: int, cskip: int, features: int, hybrid: bool = True,
+               norm: str = 'group'):
+    super().__init__(norm)
     self.hybrid = hybrid
     if hybrid:
       self.dstc_dw = nn.ConvTranspose2d(cdeep, cdeep, 4, stride=2, padding=1, groups=cdeep,
@@ -198,7 +222,7 @@ class HUF(nn.Module):
     else:
       self.up_dsconv = DSConv(cdeep, features)
     self.fuse = pointwise(features + cskip, features)
-    self.fuse_gn = gn(features)
+    self.add_norm('fuse_gn', features)
 
   def forward(self, deep, skip):
     if self.hybrid:
@@ -207,29 +231,29 @@ class HUF(nn.Module):
       up = dstc + upsample_bilinear(bil, 2)
     else:
       up = self.up_dsconv(upsample_bilinear(deep, 2))
-    return F.relu(self.fuse_gn(self.fuse(torch.cat([up, skip], dim=1))))
+    return F.relu(self.norm('fuse_gn')(self.fuse(torch.cat([up, skip], dim=1))))
 
 
-class FastUp(nn.Module):
-  def __init__(self, cin: int, factor: int, features: int = 4):
-    super().__init__()
+class FastUp(Normed):
+  def __init__(self, cin: int, factor: int, features: int = 4, norm: str = 'group'):
+    super().__init__(norm)
     self.factor = factor
     self.dsconv = DSConv(cin, features)
-    self.gn = gn(features)
+    self.add_norm('gn', features)
 
   def forward(self, x):
-    return F.relu(self.gn(self.dsconv(upsample_bilinear(x, self.factor))))
+    return F.relu(self.norm('gn')(self.dsconv(upsample_bilinear(x, self.factor))))
 
 
-class SegmentHead(nn.Module):
-  def __init__(self, cin: int, features: int = 8):
-    super().__init__()
+class SegmentHead(Normed):
+  def __init__(self, cin: int, features: int = 8, norm: str = 'group'):
+    super().__init__(norm)
     self.dsconv = DSConv(cin, features)
-    self.gn = gn(features)
+    self.add_norm('gn', features)
     self.logit = nn.Conv2d(features, 1, 1, bias=True)
 
   def forward(self, x):
-    return self.logit(F.relu(self.gn(self.dsconv(x))))
+    return self.logit(F.relu(self.norm('gn')(self.dsconv(x))))
 
 
 class LimiNetTorch(nn.Module):
@@ -237,18 +261,20 @@ class LimiNetTorch(nn.Module):
 
   def __init__(self, channels=(8, 16, 32, 32), stem_channels: int = 4, in_channels: int = 1,
                fastup_channels: int = 4, head_channels: int = 8, stem: str = 'ses',
-               block: str = 'lmb', upsampler: str = 'huf', head: str = 'c2f'):
+               block: str = 'lmb', upsampler: str = 'huf', head: str = 'c2f',
+               norm: str = 'group'):
     super().__init__()
     for name, value, allowed in (('stem', stem, STEMS), ('block', block, BLOCKS),
-                                 ('upsampler', upsampler, UPSAMPLERS), ('head', head, HEADS)):
+                                 ('upsampler', upsampler, UPSAMPLERS), ('head', head, HEADS),
+                                 ('norm', norm, NORMS)):
       if value not in allowed:
         raise ValueError(f'model.{name} must be one of {allowed}, got {value!r}')
     channels = tuple(int(c) for c in channels)
     if len(channels) != 4:
       raise ValueError(f'model.channels needs four integers, got {channels!r}')
     self.channels, self.in_channels = channels, int(in_channels)
-    self.stem_kind, self.block_kind, self.upsampler_kind, self.head_kind = (
-        stem, block, upsampler, head)
+    self.stem_kind, self.block_kind, self.upsampler_kind, self.head_kind, self.norm_kind = (
+        stem, block, upsampler, head, norm)
     c1, c2, c3, c4 = channels
     # --- encoder: the stem and the four blocks under the flax model's names ---
     if stem == 'ses':
@@ -262,24 +288,24 @@ class LimiNetTorch(nn.Module):
     self._block_names = []
     cin = c1
     for i, c in enumerate(channels):
-      setattr(self, f'{prefix}{i + 1}', cls(cin, c))
+      setattr(self, f'{prefix}{i + 1}', cls(cin, c, norm=norm))
       self._block_names.append(f'{prefix}{i + 1}')
       cin = c
     # --- decoder ---
     hybrid = upsampler == 'huf'
-    self.huf1 = HUF(c4, c3, c3, hybrid)
-    self.huf2 = HUF(c3, c2, c2, hybrid)
-    self.huf3 = HUF(c2, c1, c1, hybrid)
-    self.huf4 = HUF(c1, c1, c1, hybrid)
-    self.fastup8 = FastUp(c3, 8, fastup_channels)
-    self.fastup4 = FastUp(c2, 4, fastup_channels)
-    self.fastup2 = FastUp(c1, 2, fastup_channels)
-    self.head = SegmentHead(3 * fastup_channels + c1, head_channels)
+    self.huf1 = HUF(c4, c3, c3, hybrid, norm)
+    self.huf2 = HUF(c3, c2, c2, hybrid, norm)
+    self.huf3 = HUF(c2, c1, c1, hybrid, norm)
+    self.huf4 = HUF(c1, c1, c1, hybrid, norm)
+    self.fastup8 = FastUp(c3, 8, fastup_channels, norm)
+    self.fastup4 = FastUp(c2, 4, fastup_channels, norm)
+    self.fastup2 = FastUp(c1, 2, fastup_channels, norm)
+    self.head = SegmentHead(3 * fastup_channels + c1, head_channels, norm)
     # --- C2F side heads (training only) ---
     self._side_names = []
     if head == 'c2f':
       for i, cin in enumerate((fastup_channels, fastup_channels, fastup_channels, c1)):
-        setattr(self, f'side{i}', SegmentHead(cin, head_channels))
+        setattr(self, f'side{i}', SegmentHead(cin, head_channels, norm))
         self._side_names.append(f'side{i}')
 
   @classmethod
@@ -289,7 +315,7 @@ class LimiNetTorch(nn.Module):
     m = model_config(config, in_channels)
     return cls(channels=tuple(m['channels']), stem_channels=m['stem_channels'],
                in_channels=m['in_channels'], stem=m['stem'], block=m['block'],
-               upsampler=m['upsampler'], head=m['head'])
+               upsampler=m['upsampler'], head=m['head'], norm=m['norm'])
 
   def check_input(self, x: torch.Tensor) -> None:
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -337,6 +363,7 @@ def model_config(config: Any, in_channels: int | None = None) -> dict:
   if in_channels is not None:
     m['in_channels'] = int(in_channels)
   m.setdefault('in_channels', 1)
+  m.setdefault('norm', 'group')  # exported before model.norm existed
   missing = [k for k in MODEL_KEYS if k not in m]
   if missing:
     raise KeyError(f'model config lacks {", ".join(missing)}')

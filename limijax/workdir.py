@@ -74,7 +74,10 @@ def claim_workdir(config, workdir: str, write: bool = True) -> None:
         theirs = json.load(f)
     except (OSError, ValueError) as e:
       raise UserError(f'{path} is unreadable ({e}); refusing to touch this workdir') from None
-    diff = defaults.diff_keys(theirs, mine)
+    if not isinstance(theirs, dict):
+      raise UserError(f'{path} holds no config; refusing to touch this workdir')
+    # a key added to limijax since that run was made reads as its default there
+    diff = defaults.diff_keys(defaults.fill_defaults(theirs), defaults.fill_defaults(mine))
     if diff:
       shown = ', '.join(diff[:6]) + (' ...' if len(diff) > 6 else '')
       raise UserError(f'workdir {workdir} was made by another config (differs at {shown}); '
@@ -194,15 +197,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   with open(path) as f:
     stored = json.load(f)
   config = defaults.base_config()
-
-  def fill(dst, src):
-    for k, v in src.items():
-      if isinstance(v, dict):
-        fill(dst[k], v)
-      else:
-        dst[k] = tuple(v) if isinstance(v, list) else v
-
-  fill(config, stored)
+  config.update(defaults.fill_defaults(stored))
   return defaults.checked(config)
 
 

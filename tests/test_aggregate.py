@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from limijax import aggregate
+from limijax import aggregate, defaults
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -99,8 +99,14 @@ def test_mean_std_min_max_n_by_hand(tmp_path):
   _close(t['fa_pixel_e6'], 200.0, 0.0, 200.0, 200.0, 3)
   _close(agg['best_epoch'], 20.0, 10.0, 10, 30, 3)
   assert agg['n'] == 3 and agg['seeds'] == [0, 1, 2] and agg['params'] == 16028
-  assert agg['config'] == {k: v for k, v in CONFIG.items() if k != 'seed'}
-  assert list(t)[:5] == ['miou', 'niou', 'pd', 'fa_e6', 'fa_pixel_e6']
+  # the stored config over the defaults: a key added since a run was made reads as its
+  # default, so that such a run and a new one are the same experiment
+  filled = defaults.fill_defaults(CONFIG)
+  assert agg['config'] == {k: v for k, v in filled.items() if k != 'seed'}
+  assert agg['config']['model']['norm'] == 'group' and 'norm' not in CONFIG['model']
+  assert list(t)[:6] == ['miou', 'niou', 'pd', 'fa_e6', 'fa_pixel_e6', 'fa_per_mp']
+  # results written before fa_per_mp existed: derived from their counts
+  _close(t['fa_per_mp'], 3 / 655360 * 1e6, 0.0, 3 / 655360 * 1e6, 3 / 655360 * 1e6, 3)
 
 
 def test_null_pd_is_left_out_of_its_n(tmp_path):
@@ -204,12 +210,13 @@ def test_cli_no_finished_run_is_one_line_exit_2(tmp_path, case):
 # --------------------------------------------------------------------------- Table 2
 # Per variant (folder, miou of its two seeds, params): mIoU mean and std by hand in %.
 VARIANTS = {
-    'irstd1k': ((0.66, 0.68), 16028, {}),
+    'ours': ((0.66, 0.68), 16028, {}),
     'no_its': ((0.60, 0.64), 16028, {'data': {'its': {'enabled': False}}}),
     'no_ses': ((0.61, 0.61), 15950, {'model': {'stem': 'dsconv_bn'}}),
     'no_lmb': ((0.50, 0.70), 30000, {'model': {'block': 'residual'}}),
     'no_huf': ((0.62, 0.63), 15000, {'model': {'upsampler': 'bilinear'}}),
     'no_c2f': ((0.64, 0.65), 16028, {'model': {'head': 'fpn'}}),
+    'no_c2f_hard': ((0.65, 0.66), 16028, {'loss': {'side_alphas': [0.0, 0.0, 0.0, 0.0]}}),
 }
 
 
@@ -234,33 +241,35 @@ def make_table2(root, variants=VARIANTS):
 def test_table2_rows_in_paper_order_with_cells(tmp_path):
   t = aggregate.table2(str(make_table2(tmp_path)))
   lines = t['markdown'].splitlines()
-  assert lines[0] == ('| Method | mIoU (%) | nIoU (%) | Pd (%) | Fa (x1e-6) | Params (M) '
-                      '| seeds |')
+  assert lines[0] == ('| Method | mIoU (%) | nIoU (%) | Pd (%) | Fa (x1e-6) | FA/MP '
+                      '| Params (M) | seeds |')
   assert [line.split(' | ')[0] for line in lines[2:]] == [
-      '| Ours', '| w/o ITS', '| w/o SES', '| w/o LMB', '| w/o HUF', '| w/o C2F']
+      '| Ours', '| w/o ITS', '| w/o SES', '| w/o LMB', '| w/o HUF', '| w/o C2F',
+      '| w/o C2F, hard side labels']
   # Two seeds a, b: mean (a + b) / 2, sample std |a - b| / sqrt 2.
   # Ours: mIoU 66, 68 -> 67.00 ± 1.41; nIoU 56, 58 -> 57.00 ± 1.41; Pd 90, 80 -> 85.00 ± 7.07;
-  # Fa 10, 20 -> 15.00 ± 7.07.
-  assert lines[2] == '| Ours | 67.00 ± 1.41 | 57.00 ± 1.41 | 85.00 ± 7.07 | 15.00 ± 7.07 | 0.016 | 2 |'
-  assert lines[3] == '| w/o ITS | 62.00 ± 2.83 | 52.00 ± 2.83 | 85.00 ± 7.07 | 15.00 ± 7.07 | 0.016 | 2 |'
-  assert lines[4] == '| w/o SES | 61.00 ± 0.00 | 51.00 ± 0.00 | 85.00 ± 7.07 | 15.00 ± 7.07 | 0.016 | 2 |'
-  assert lines[5] == '| w/o LMB | 60.00 ± 14.14 | 50.00 ± 14.14 | 85.00 ± 7.07 | 15.00 ± 7.07 | 0.030 | 2 |'
+  # Fa 10, 20 -> 15.00 ± 7.07. FA/MP: 3 components in 655,360 pixels, 4.58 per megapixel.
+  fa = '15.00 ± 7.07 | 4.58 ± 0.00'
+  assert lines[2] == f'| Ours | 67.00 ± 1.41 | 57.00 ± 1.41 | 85.00 ± 7.07 | {fa} | 0.016 | 2 |'
+  assert lines[3] == f'| w/o ITS | 62.00 ± 2.83 | 52.00 ± 2.83 | 85.00 ± 7.07 | {fa} | 0.016 | 2 |'
+  assert lines[4] == f'| w/o SES | 61.00 ± 0.00 | 51.00 ± 0.00 | 85.00 ± 7.07 | {fa} | 0.016 | 2 |'
+  assert lines[5] == f'| w/o LMB | 60.00 ± 14.14 | 50.00 ± 14.14 | 85.00 ± 7.07 | {fa} | 0.030 | 2 |'
   # no_huf's second seed has no Pd: Pd is the first seed's 90 alone, and says so.
-  assert lines[6] == ('| w/o HUF | 62.50 ± 0.71 | 52.50 ± 0.71 | 90.00 (n=1) | 15.00 ± 7.07 '
-                      '| 0.015 | 2 |')
-  assert lines[7] == '| w/o C2F | 64.50 ± 0.71 | 54.50 ± 0.71 | 85.00 ± 7.07 | 15.00 ± 7.07 | 0.016 | 2 |'
+  assert lines[6] == f'| w/o HUF | 62.50 ± 0.71 | 52.50 ± 0.71 | 90.00 (n=1) | {fa} | 0.015 | 2 |'
+  assert lines[7] == f'| w/o C2F | 64.50 ± 0.71 | 54.50 ± 0.71 | 85.00 ± 7.07 | {fa} | 0.016 | 2 |'
   diffs = {r['variant']: r.get('differs_from_ours') for r in t['rows']}
   assert diffs['w/o ITS'] == ['data.its.enabled'] and diffs['w/o C2F'] == ['model.head']
+  assert diffs['w/o C2F, hard side labels'] == ['loss.side_alphas']
 
 
 def test_table2_cli_missing_variant_row_left_empty(tmp_path):
   make_table2(tmp_path, {k: v for k, v in VARIANTS.items() if k != 'no_lmb'})
   proc = _cli('--table2', tmp_path)
   assert proc.returncode == 0, proc.stderr
-  assert '| w/o LMB | — | — | — | — | — | 0 |' in proc.stdout
+  assert '| w/o LMB | — | — | — | — | — | — | 0 |' in proc.stdout
   assert 'no_lmb' in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
   result = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert [r['n'] for r in result['rows']] == [2, 2, 2, 0, 2, 2]
+  assert [r['n'] for r in result['rows']] == [2, 2, 2, 0, 2, 2, 2]
   assert math.isclose(result['rows'][0]['miou']['mean'], 0.67)
   # The plain command on the same ROOT refuses to mix variants and points to --table2.
   plain = _cli(tmp_path)
@@ -319,7 +328,7 @@ def test_table2_intervals_against_ours_from_trained_runs(tmp_path, tiny_run, tin
   # interval compare gives for the same two sides.
   import shutil  # pylint: disable=g-import-not-at-top
   from limijax import compare  # pylint: disable=g-import-not-at-top
-  shutil.copytree(tiny_two_seeds[0], tmp_path / 'irstd1k')
+  shutil.copytree(tiny_two_seeds[0], tmp_path / 'ours')
   shutil.copytree(tiny_run[0], tmp_path / 'no_its')
   t = aggregate.table2(str(tmp_path))
   lines = aggregate.against_ours(t['rows'])
@@ -327,7 +336,7 @@ def test_table2_intervals_against_ours_from_trained_runs(tmp_path, tiny_run, tin
   got = t['rows'][1]['vs_ours']['miou']
   ours = [r['test']['miou'] for r in tiny_two_seeds[1]['runs']]
   assert got['diff'] == pytest.approx(tiny_run[1]['test']['miou'] - sum(ours) / 2, abs=1e-12)
-  sides = compare.load_sides(str(tmp_path / 'no_its'), str(tmp_path / 'irstd1k'), 'test')
+  sides = compare.load_sides(str(tmp_path / 'no_its'), str(tmp_path / 'ours'), 'test')
   direct = compare.paired_interval(*sides, 'miou')
   assert got['ci'] == [direct['low'], direct['high']]
   assert got['ci'][0] <= got['diff'] <= got['ci'][1]

@@ -1,6 +1,7 @@
 """launch/seeds.sh and launch/table2.sh: argument errors, and resuming over finished seeds
 (fabricated finished run folders, so that nothing is trained and only aggregate runs)."""
 
+import ast
 import json
 import os
 import pathlib
@@ -16,6 +17,15 @@ from test_aggregate import SEEDS, VARIANTS, make_run, make_table2
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SEEDS_SH = REPO / 'launch' / 'seeds.sh'
 TABLE2_SH = REPO / 'launch' / 'table2.sh'
+
+
+def _value(text):
+  """A --config.KEY=VALUE flag's value as the config flags parse it: a Python literal, or
+  else the string itself."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
 def _sh(script, *args, cwd=REPO):
@@ -60,9 +70,11 @@ def test_seeds_sh_skips_finished_seeds_and_aggregates(tmp_path):
 
 
 def test_table2_sh_argument_errors_are_one_line_exit_2(tmp_path):
-  for args, message in [((), 'usage: launch/table2.sh ROOT N'),
+  for args, message in [((), 'usage: launch/table2.sh [--base=CONFIG] ROOT N'),
                         ((tmp_path / 'r', 'x'), "error: N must be a positive integer, got 'x'"),
-                        ((tmp_path / 'r', '0'), "error: N must be a positive integer, got '0'")]:
+                        ((tmp_path / 'r', '0'), "error: N must be a positive integer, got '0'"),
+                        (('--base=configs/nope.py', tmp_path / 'r', '2'),
+                         'error: base config configs/nope.py not found')]:
     proc = _sh(TABLE2_SH, *args)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
@@ -72,21 +84,83 @@ def test_table2_sh_argument_errors_are_one_line_exit_2(tmp_path):
 
 def test_table2_sh_variants_match_the_table_in_order():
   text = TABLE2_SH.read_text()
-  listed = re.findall(r'^  "(\w+) (configs/[\w/]+\.py)"$', text, flags=re.M)
-  assert listed == [(name, config) for _, name, config in aggregate.TABLE2]
-  assert all((REPO / config).is_file() for _, config in listed)
+  listed = re.findall(r'^  "(\w+) ?([^"]*)"$', text, flags=re.M)
+  assert listed == [(name, change) for _, name, change in aggregate.TABLE2]
+  # each ablation row changes one key of the base config, to a value it accepts
+  from limijax import defaults  # pylint: disable=g-import-not-at-top
+  base = defaults.base_config()
+  for name, change in listed[1:]:
+    key, value = change.removeprefix('--config.').split('=')
+    config = defaults.base_config()
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = _value(value)
+    defaults.checked(config)
+    assert defaults.diff_keys(base.to_dict(), config.to_dict()) == [key], name
 
 
 def test_table2_sh_over_finished_seeds_prints_the_table(tmp_path):
-  # Every variant's seeds 0 and 1 finished: six seeds.sh skip everything, then the table.
+  # Every variant's seeds 0 and 1 finished: seven seeds.sh skip everything, then the table,
+  # on the base config given.
   make_table2(tmp_path)
-  proc = _sh(TABLE2_SH, tmp_path, '2', '--config.num_epochs=1', cwd=tmp_path)
+  proc = _sh(TABLE2_SH, f'--base={REPO / "configs" / "nuaa.py"}', tmp_path, '2',
+             '--config.num_epochs=1', cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.count(': finished, skipped') == 2 * len(VARIANTS)
   for name in VARIANTS:
     assert f'==== {name} (' in proc.stdout
     assert (tmp_path / name / 'aggregate.png').exists()
-  assert ('| Ours | 67.00 ± 1.41 | 57.00 ± 1.41 | 85.00 ± 7.07 | 15.00 ± 7.07 | 0.016 | 2 |'
-          in proc.stdout)
+  assert ('| Ours | 67.00 ± 1.41 | 57.00 ± 1.41 | 85.00 ± 7.07 | 15.00 ± 7.07 | 4.58 ± 0.00 '
+          '| 0.016 | 2 |' in proc.stdout)
   rows = json.loads(proc.stdout.strip().splitlines()[-1])['rows']
   assert [r['variant'] for r in rows] == [label for label, _, _ in aggregate.TABLE2]
+
+
+# --------------------------------------------------------------------------- choices.sh
+CHOICES_SH = REPO / 'launch' / 'choices.sh'
+
+
+def _arms():
+  text = CHOICES_SH.read_text()
+  block = text[text.index('\narms=(\n'):]
+  block = block[:block.index('\n)\n')]
+  return re.findall(r'^  "(\w+) ?([^"]*)"$', block, flags=re.M)
+
+
+def test_choices_sh_arms_each_change_their_keys_to_values_the_config_accepts():
+  from limijax import defaults  # pylint: disable=g-import-not-at-top
+  arms = _arms()
+  assert arms[0] == ('default', '') and len(arms) == len(set(a for a, _ in arms)) >= 8
+  base = defaults.base_config().to_dict()
+  for name, change in arms[1:]:
+    config = defaults.base_config()
+    keys = []
+    for flag in change.split():
+      key, value = flag.removeprefix('--config.').split('=')
+      *parents, leaf = key.split('.')
+      node = config
+      for p in parents:
+        node = node[p]
+      node[leaf] = _value(value)
+      keys.append(key)
+    defaults.checked(config)
+    assert defaults.diff_keys(base, config.to_dict()) == sorted(keys), name
+
+
+@pytest.mark.parametrize('args, message', [
+    ((), 'usage: launch/choices.sh [--base=CONFIG] ROOT EPOCHS N'),
+    (('ROOT', 'x', '3'), "error: EPOCHS must be a positive integer, got 'x'"),
+    (('ROOT', '30', '0'), "error: N must be a positive integer, got '0'"),
+    (('--base=configs/nope.py', 'ROOT', '30', '3'), 'error: base config configs/nope.py not found'),
+    (('ROOT', '30', '3', 'norm_batch', 'nope'), "error: unknown arm 'nope'; arms: default"),
+    (('ROOT', '30', '3', '--', '--config.num_seeds=2'), 'error: --config.num_seeds=2 is set'),
+])
+def test_choices_sh_argument_errors_are_one_line_exit_2(tmp_path, args, message):
+  args = [str(tmp_path / 'root') if a == 'ROOT' else a for a in args]
+  proc = _sh(CHOICES_SH, *args)
+  assert proc.returncode == 2
+  err = proc.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(message), proc.stderr
+  assert not (tmp_path / 'root').exists()

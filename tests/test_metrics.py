@@ -36,6 +36,8 @@ def test_false_alarm_with_same_area_as_matched_target_still_counts():
   # fa = 4 / (10 * 10) = 0.04; fa_e6 = 0.04 * 1e6 = 40000
   assert r['fa'] == pytest.approx(0.04)
   assert r['fa_e6'] == pytest.approx(40000.0)
+  # one false-alarm component in 100 pixels: 10,000 per million pixels
+  assert r['fa_per_mp'] == pytest.approx(1e4)
   # IoU: I = 4, U = 8 -> 0.5
   assert r['miou'] == pytest.approx(0.5)
 
@@ -175,7 +177,7 @@ def test_set_without_targets_or_predictions_reports_zeros_and_no_pd():
   # pd is None (JSON null), not 0.
   assert r == {
       'miou': 0.0, 'niou': 0.0, 'niou_nonempty': 0.0, 'pd': None, 'fa': 0.0,
-      'fa_e6': 0.0, 'fa_pixel': 0.0, 'fa_pixel_e6': 0.0, 'num_images': 1,
+      'fa_e6': 0.0, 'fa_pixel': 0.0, 'fa_pixel_e6': 0.0, 'fa_per_mp': 0.0, 'num_images': 1,
       'num_targets': 0, 'num_matched_targets': 0, 'num_false_alarm_components': 0,
       'num_false_alarm_pixels': 0, 'num_pred_pixels_outside_gt': 0, 'num_pixels': 16}
   assert json.dumps(r['pd']) == 'null'

@@ -9,18 +9,12 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from limijax import defaults, losses
+from limijax import defaults, errors, losses
 from limijax import model as model_lib
 from limijax.kernels import init as init_lib
 import twin_parity
 
-VARIANTS = {
-    'default': {},
-    'no_ses': {'stem': 'dsconv_bn'},
-    'no_lmb': {'block': 'residual'},
-    'no_huf': {'upsampler': 'bilinear'},
-    'no_c2f': {'head': 'fpn'},
-}
+VARIANTS = twin_parity.VARIANTS
 
 
 @pytest.fixture(scope='module')
@@ -249,6 +243,29 @@ def test_batchnorm_stem_updates_stats_in_training_and_uses_them_in_eval():
   np.testing.assert_allclose(one, many, rtol=1e-5, atol=1e-4)
 
 
+def test_norm_batch_puts_batchnorm_in_every_block_but_ses_with_the_same_parameter_count(
+    default_vars):
+  m = model_lib.LimiNet(norm='batch')
+  shapes = model_lib.variable_shapes(m)
+  params, stats = shapes['params'], shapes['batch_stats']
+  # The same parameters as the default (a BatchNorm's scale and bias are a GroupNorm's),
+  # under bn names outside SES; running means and variances beside them.
+  count = lambda tree: sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(tree))
+  assert count(params) == model_lib.count_params(default_vars['params'])
+  assert set(params['ses']) == set(default_vars['params']['ses'])  # GroupNorm: gn1, gn2
+  for block in ('lmb1', 'huf1', 'fastup8', 'head', 'side3'):
+    names = set(params[block])
+    assert names == {n.replace('gn', 'bn') for n in default_vars['params'][block]}, block
+    assert set(stats[block]) == {n for n in names if n.endswith('bn')}, block
+  assert 'ses' not in stats
+  cfg = defaults.base_config()
+  cfg.model.norm = 'layer'
+  with pytest.raises(errors.ConfigError, match=r"model.norm.*group, batch; got 'layer'"):
+    defaults.checked(cfg)
+  with pytest.raises(ValueError, match='LimiNet.norm'):
+    model_lib.LimiNet(norm='layer').init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
+
+
 @pytest.mark.parametrize('shape', [(1, 40, 48, 1), (1, 48, 50, 1), (1, 32, 32, 3), (32, 32, 1)])
 def test_bad_input_shape_names_expected_shape(shape):
   m = model_lib.LimiNet()
@@ -388,7 +405,8 @@ def test_from_config_builds_each_ablation_config():
   # Each Table 2 row is configs/irstd1k.py with exactly one switch changed.
   base = configs['irstd1k'].to_dict()
   switched = {'no_its': 'data.its.enabled', 'no_ses': 'model.stem', 'no_lmb': 'model.block',
-              'no_huf': 'model.upsampler', 'no_c2f': 'model.head'}
+              'no_huf': 'model.upsampler', 'no_c2f': 'model.head',
+              'no_c2f_hard': 'loss.side_alphas'}
   for name, key in switched.items():
     assert defaults.diff_keys(base, configs[name].to_dict()) == [key], name
   assert seen['no_ses'].stem == 'dsconv_bn' and seen['no_lmb'].block == 'residual'

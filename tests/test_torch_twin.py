@@ -40,7 +40,10 @@ def random_weights():
   out = {}
   for i, name in enumerate(tp.VARIANTS):
     cfg = tp.config(name)
-    out[name] = (cfg, *tp.random_variables(*tp.template(cfg), seed=10 + i))
+    # Seed 15 gives the BatchNorm variant logits above 0 everywhere (its random running
+    # statistics normalise nothing), an empty comparison of masks: 16 does not.
+    seed = 16 if name == 'bn' else 10 + i
+    out[name] = (cfg, *tp.random_variables(*tp.template(cfg), seed=seed))
   return out
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from limijax import defaults
 from limijax import train
+from limijax import errors
 from limijax.errors import UserError
 from limijax import evaluation
 from limijax import input_pipeline
@@ -26,14 +27,19 @@ from tiny_run import synthetic_config
 # --------------------------------------------------------------------------- schedule
 def _torch_rates(config, steps_per_epoch, epochs):
   """The rate of every step of the paper's recipe in PyTorch: LinearLR per iteration
-  chained with CosineAnnealingLR per epoch on one optimiser."""
+  chained with the cosine of ``config.cosine`` per epoch on one optimiser."""
   torch = pytest.importorskip('torch')
   w = torch.nn.Parameter(torch.zeros(1))
   opt = torch.optim.AdamW([w], lr=config.learning_rate)
-  warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=config.warmup_start_factor,
-                                           end_factor=1.0, total_iters=config.warmup_steps)
-  cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
-      opt, T_max=config.cosine_period_epochs, eta_min=config.min_learning_rate)
+  schedulers = torch.optim.lr_scheduler
+  if config.cosine == 'restarts':  # created first: its own first step sets the full rate
+    cosine = schedulers.CosineAnnealingWarmRestarts(
+        opt, T_0=config.cosine_period_epochs, eta_min=config.min_learning_rate)
+  warm = schedulers.LinearLR(opt, start_factor=config.warmup_start_factor,
+                             end_factor=1.0, total_iters=config.warmup_steps)
+  if config.cosine != 'restarts':
+    t_max = config.num_epochs if config.cosine == 'single' else config.cosine_period_epochs
+    cosine = schedulers.CosineAnnealingLR(opt, T_max=t_max, eta_min=config.min_learning_rate)
   rates = []
   for _ in range(epochs):
     for _ in range(steps_per_epoch):
@@ -59,6 +65,30 @@ def test_schedule_matches_torch_linear_then_cosine_step_by_step(steps_per_epoch)
     assert got[35] == pytest.approx(5e-3, rel=1e-6)
     assert got[10 * 40] == pytest.approx(5e-4, rel=1e-6)
     assert got[20 * 40] == pytest.approx(5e-3, rel=1e-6)
+
+
+@pytest.mark.parametrize('reading', ['restarts', 'single'])
+def test_the_other_cosine_readings_match_torch_step_by_step(reading):
+  config = defaults.base_config()
+  config.num_epochs, config.cosine = 25, reading
+  steps_per_epoch = 7  # warm-up (30 steps) outlasts four epochs
+  expected = _torch_rates(config, steps_per_epoch, config.num_epochs)
+  got = np.asarray(schedule_lib.lr_table(config, steps_per_epoch, len(expected)))
+  np.testing.assert_allclose(got, expected, rtol=1e-12)
+  by_epoch = got[::steps_per_epoch]  # the first step of each epoch
+  if reading == 'restarts':  # back at the full rate every 10 epochs, falling in between
+    assert by_epoch[10] == by_epoch[20] == pytest.approx(5e-3, rel=1e-12)
+    assert by_epoch[9] < by_epoch[5] < by_epoch[10]
+  else:  # one cosine over the 25 epochs: falling all the way
+    assert all(np.diff(by_epoch[5:]) < 0)
+    assert by_epoch[-1] > 5e-4
+
+
+def test_an_unknown_cosine_reading_is_refused_naming_the_key():
+  config = defaults.base_config()
+  config.cosine = 'warm_restarts'
+  with pytest.raises(errors.ConfigError, match=r'cosine.*annealing, restarts, single'):
+    defaults.checked(config)
 
 
 # --------------------------------------------------------------------------- NaN stop
@@ -137,28 +167,35 @@ def test_a_few_dozen_steps_on_one_batch_halve_the_loss():
   assert losses[-1] < 0.5 * losses[0], losses
 
 
-# --------------------------------------------------------------------------- BatchNorm stem
-def test_batchnorm_ablation_trains_its_statistics_and_load_run_restores_them(data_dir, tmp_path):
+# --------------------------------------------------------------------------- BatchNorm
+@pytest.mark.parametrize('override', [{'model.stem': 'dsconv_bn'},  # "w/o SES": the stem
+                                      {'model.norm': 'batch'}])  # every block outside SES
+def test_batchnorm_trains_its_statistics_and_load_run_restores_them(data_dir, tmp_path,
+                                                                    override):
   from limijax import model as model_lib  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / 'bn')
-  config = synthetic_config(data_dir, **{'model.stem': 'dsconv_bn', 'num_epochs': 1})
+  config = synthetic_config(data_dir, **override, num_epochs=1)
   results = train.train_and_evaluate(config, workdir, progress=False)['runs'][0]
   run = workdir_lib.load_run(workdir)
-  stats = run.model_state['batch_stats']['stem_dsconv_bn']['bn']
-  fresh = model_lib.init(run.model, jax.random.PRNGKey(0))['batch_stats']['stem_dsconv_bn']['bn']
+  stats = run.model_state['batch_stats']
+  fresh = model_lib.init(run.model, jax.random.PRNGKey(0))['batch_stats']
+  if 'model.norm' in override:  # SES keeps its GroupNorm; every other block has BatchNorm
+    assert 'ses' not in stats and 'ses' in run.params
+    assert set(stats) == {k for k in run.params if k != 'ses'}
+    assert set(stats['lmb1']) == {'reduce_bn', 'branch0_bn', 'branch1_bn', 'fuse_bn'}
   # Initial running statistics are mean 0, var 1; training on images normalised per
   # dataset (not per batch) moves them.
-  np.testing.assert_array_equal(fresh['mean'], 0)
-  assert not np.allclose(stats['mean'], fresh['mean'])
-  assert not np.allclose(stats['var'], fresh['var'])
+  for (path, got), start in zip(jax.tree_util.tree_leaves_with_path(stats),
+                                jax.tree_util.tree_leaves(fresh)):
+    np.testing.assert_array_equal(start, 0 if 'mean' in jax.tree_util.keystr(path) else 1)
+    assert not np.allclose(got, start), path
   # Evaluation uses the restored statistics: the test metrics of the run are what
   # evaluate_workdir gives, and another set of statistics gives other logits.
   assert evaluation.evaluate_workdir(workdir, 'test') == results['test']
   dataset_image = np.asarray(np.random.default_rng(1).normal(size=(1, 32, 32, 1)), np.float32)
   predict = evaluation.make_predict(run.model)
   with_stats = predict(run.params, run.model_state, dataset_image)
-  with_fresh = predict(run.params, {'batch_stats': {'stem_dsconv_bn': {'bn': fresh}}},
-                       dataset_image)
+  with_fresh = predict(run.params, {'batch_stats': fresh}, dataset_image)
   assert not np.allclose(with_stats, with_fresh)
 
 

@@ -17,6 +17,7 @@ VARIANTS = {
     'no_lmb': {'block': 'residual'},
     'no_huf': {'upsampler': 'bilinear'},
     'no_c2f': {'head': 'fpn'},
+    'bn': {'norm': 'batch'},  # BatchNorm outside SES
 }
 SIZES = [(256, 256), (512, 512), (64, 96)]
 TOLERANCE = 1e-4

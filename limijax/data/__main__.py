@@ -1,5 +1,5 @@
 """``python -m limijax.data --root=DIR [--json] [--split=standard|random] [--split_dir=DIR]
-[--preview=FILE.png]``
+[--preview=FILE.png] [--targets]``
 
 Prints what the loader sees in a dataset folder (see :func:`limijax.data.inspect`) and
 exits with status 2, one line on stderr, when the folder cannot be used for training.
@@ -38,6 +38,9 @@ def define_flags() -> None:
                       'split files of several datasets.')
   flags.DEFINE_string('preview', None, 'Also write a PNG of augmented training examples here.')
   flags.DEFINE_integer('image_size', 256, 'Training crop size shown by --preview.')
+  flags.DEFINE_bool('targets', False, 'Also measure the targets of the training split (train '
+                    'and val, never test): area, peak over the local background, SCR, and '
+                    'the ITS ranges they suggest (limijax/data/targets.py).')
 
 
 def main(argv: Sequence[str]) -> None:
@@ -64,6 +67,18 @@ def main(argv: Sequence[str]) -> None:
         std=dataset.std, seed=cfg.seed, its_cfg=cfg.data.its,
         crop_target_prob=cfg.data.crop_target_prob)
     print(f'preview:   {FLAGS.preview}', flush=True)
+  if FLAGS.targets and report['usable']:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    from limijax.data import targets  # pylint: disable=g-import-not-at-top
+    dataset = folder_dataset(FLAGS.root, name=FLAGS.name or 'folder', split=report['split'],
+                             split_seed=FLAGS.split_seed, test_fraction=FLAGS.test_fraction,
+                             val_fraction=FLAGS.val_fraction, split_dir=FLAGS.split_dir)
+    records = [*dataset.train, *dataset.val]
+    stats = targets.summary(targets.measure_all(tqdm(records, desc='targets', leave=False)))
+    report['targets'] = {'images': len(records), **stats, 'its': targets.its_ranges(stats)}
+    print(targets.format_summary(stats, report['targets']['its'],
+                                 f'the training split ({len(records)} images, train + val)'),
+          flush=True)
   if FLAGS.json:
     print(json.dumps(report), flush=True)
   if not report['usable']:
