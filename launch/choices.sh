@@ -46,6 +46,7 @@ arms=(
   "c2f_hard --config.loss.side_alphas=(0.0,0.0,0.0,0.0)"
   "crops_any --config.data.crop_target_prob=0.0"
   "its_strong --config.data.its.prob=1.0 --config.data.its.max_targets=5"
+  "its_lines --config.data.its.line_prob=0.5"
 )
 chosen=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do

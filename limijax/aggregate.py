@@ -7,9 +7,6 @@ one line on stderr and left out. A run folder that holds other runs below it (a 
 that trained several seeds into ``seed_<k>`` sub-folders) counts through those sub-runs
 only. ``checkpoints/`` and ``tb/`` folders are not searched.
 
-The runs must be seeds of one config: configs that differ in any key but ``seed`` are
-refused with one line naming the keys and two runs that differ.
-
 Printed: one row per run, then a markdown table with, for every numeric key of the test
 METRICS and for ``best_epoch``, ``mean ± std``, min, max and n. ``std`` is the sample
 standard deviation (``ddof=1``); with a single run it is undefined, so the cell holds the
@@ -21,15 +18,17 @@ choose), a second table gives the test metrics under both protocols: *val-select
 (the best validation epoch, tested once: what limijax reports) and *best test epoch*
 (the epoch with the best test mIoU: what most published tables report); the JSON has
 them as ``best_test_epoch: {"epoch": stats, "test": {key: stats}}`` (null otherwise).
-``seed`` and ``track_test`` may differ between runs; any other key may not. The last
+The runs must be seeds of one config: only ``seed``, ``track_test`` and
+``vectorise_seeds`` may differ (else one line names the keys and two runs). The last
 stdout line is always one JSON object: ``{"root", "n", "runs", "seeds", "skipped",
 "best_epoch", "test": {key: {"mean", "std", "min", "max", "n"}}, "val": {...}, "params",
-"config"}`` with ``config`` the shared config without ``seed``. ``--json`` is accepted and
+"config"}`` with ``config`` the shared config without ``seed`` (over the defaults: a key
+added since a run was made reads as its default). ``--json`` is accepted and
 changes nothing (the JSON line is always printed), as the other commands' ``--json`` ends
 their output with one JSON line.
 
 ``python -m limijax.aggregate --table2 ROOT`` prints the paper's Table 2 (ablations) from
-``ROOT/{irstd1k,no_its,no_ses,no_lmb,no_huf,no_c2f}/``, each aggregated as above; see
+``ROOT/{ours,no_its,no_ses,no_lmb,no_huf,no_c2f,no_c2f_hard}/``, each aggregated as above; see
 ``launch/table2.sh``. With ``--intervals`` it adds, per row, the difference from "Ours"
 with its 95 % interval by a paired bootstrap over the test images and whether it exceeds
 the seed spread too (:mod:`limijax.compare`: this runs each run's best checkpoint on its
@@ -126,16 +125,9 @@ def load_run(run_dir: str) -> dict:
   config = fill_defaults(config)  # keys added since the run read as their defaults
   for m in (results.get('val'), results.get('test'),
             (results.get('best_test_epoch') or {}).get('test')):
-    _derive(m)
+    if isinstance(m, dict) and 'fa_per_mp' not in m and m.get('num_pixels'):  # older runs
+      m['fa_per_mp'] = m.get('num_false_alarm_components', 0) / m['num_pixels'] * 1e6
   return {'path': run_dir, 'config': config, 'results': results, 'seed': config.get('seed')}
-
-
-def _derive(m: dict | None) -> None:
-  """Add to the metrics of a run written before ``fa_per_mp`` existed what its counts
-  give (the numbers ``MetricAccumulator.result`` now computes)."""
-  if (isinstance(m, dict) and 'fa_per_mp' not in m
-      and _is_number(m.get('num_false_alarm_components')) and m.get('num_pixels')):
-    m['fa_per_mp'] = m['num_false_alarm_components'] / m['num_pixels'] * 1e6
 
 
 # --------------------------------------------------------------------------- statistics

@@ -335,14 +335,17 @@ def read_cache(run: str, split: str) -> ImageStats | None:
 
 
 # --------------------------------------------------------------------------- runs
-def side_runs(path: str) -> list[str]:
-  """The run folders of one side: a run, or the seed runs under a folder (one config)."""
+def side_runs(path: str, split: str = 'test') -> list[str]:
+  """The run folders of one side: a run, or the seed runs under a folder (one config).
+  Each needs its best checkpoint, or its kept per-image statistics of ``split`` (so that
+  runs copied without their checkpoints, e.g. committed results, still compare)."""
   from limijax import aggregate  # pylint: disable=g-import-not-at-top
   from limijax.workdir import has_checkpoint  # pylint: disable=g-import-not-at-top
   runs = aggregate.collect(path)['runs']  # UserError: no run, or runs of several configs
   for run in runs:
-    if not has_checkpoint(run, ('best',)):
-      raise UserError(f'{run} holds no best checkpoint (checkpoints/best)')
+    if not has_checkpoint(run, ('best',)) and read_cache(run, split) is None:
+      raise UserError(f'{run} holds no best checkpoint (checkpoints/best) and no per-image '
+                      f'statistics of its {split} split ({cache_path(run, split)})')
   return runs
 
 
@@ -397,7 +400,7 @@ def compute_stats(run: str, split: str) -> ImageStats:
 def load_sides(path_a: str, path_b: str, split: str) -> tuple[list, list]:
   """Both sides' per-image statistics, in one image order; images are checked first, so
   runs on different images are refused before any inference or cache is written."""
-  sides = [side_runs(path_a), side_runs(path_b)]
+  sides = [side_runs(path_a, split), side_runs(path_b, split)]
   runs = list(dict.fromkeys(os.path.realpath(r) for side in sides for r in side))
   cached = {r: read_cache(r, split) for r in runs}
   images = {r: (s.ids, s.digests) if s is not None else split_images(r, split)

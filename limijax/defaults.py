@@ -47,6 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
   d.its.max_size = 5.0
   d.its.min_contrast = 0.15  # peak above the local background mean, as a fraction of 255
   d.its.max_contrast = 0.6
+  d.its.line_prob = 0.0  # P(an image also gets bright thin lines painted as background)
+  d.its.max_lines = 2  # 1..max_lines such lines per chosen image
 
   # --- model --------------------------------------------------------------
   c.model = m = ml_collections.ConfigDict()

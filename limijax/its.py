@@ -20,6 +20,12 @@ depend only on (seed, epoch, position in the epoch).
 The paper gives no distributions; ours are: shape uniform over the three kinds; radius
 uniform in [min_size, max_size] (points 0.5 to min(min_size, 1.5) px); polygons with
 4-8 vertices; a Gaussian-like radial falloff; 1..max_targets targets per picked image.
+
+Negatives (not in the paper; off by default): with ``line_prob`` an image also gets
+1..``max_lines`` bright thin lines (16-64 px long, 1-3 px wide, at any angle, as bright
+over their background as the pseudo targets) painted as *background*, the mask
+unchanged: power lines, wires and edges against the sky are where a model trained on
+NUAA-SIRST fires falsely.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ _FALLOFF = 1.2
 _GAP = 2
 # Placement attempts per pseudo target before giving up on it (the crop may be crowded).
 _TRIES = 10
+# Bright lines painted as background (``line_prob``): length and width ranges, pixels.
+LINE_LENGTH = (16.0, 64.0)
+LINE_WIDTH = (1.0, 3.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +65,8 @@ class ITSConfig:
   max_size: float = 5.0
   min_contrast: float = 0.15
   max_contrast: float = 0.6
+  line_prob: float = 0.0
+  max_lines: int = 2
 
   @classmethod
   def from_any(cls, cfg: Any) -> 'ITSConfig':
@@ -86,6 +97,10 @@ class ITSConfig:
     if not self.min_contrast <= self.max_contrast <= 1:
       raise ConfigError('data.its.max_contrast', f'must be in [data.its.min_contrast '
                         f'({self.min_contrast}), 1], got {self.max_contrast}')
+    if not 0.0 <= self.line_prob <= 1.0:
+      raise ConfigError('data.its.line_prob', f'must be in [0, 1], got {self.line_prob}')
+    if int(self.max_lines) != self.max_lines or self.max_lines < 1:
+      raise ConfigError('data.its.max_lines', f'must be an integer >= 1, got {self.max_lines}')
 
 
 def _inside_polygon(ys: np.ndarray, xs: np.ndarray, vy: np.ndarray,
@@ -176,6 +191,42 @@ def _place_one(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
   return True
 
 
+def _place_line(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                cfg: ITSConfig) -> bool:
+  """Paint one bright thin line into ``image`` in place, as background (``mask`` is only
+  read): a segment of LINE_LENGTH px at a random angle, LINE_WIDTH px wide, its ridge
+  ``contrast * 255`` above the mean of the window around it, kept _GAP px away from every
+  target. False if none fitted."""
+  h, w = image.shape
+  length = float(rng.uniform(*LINE_LENGTH))
+  width = float(rng.uniform(*LINE_WIDTH))
+  angle = float(rng.uniform(0.0, np.pi))
+  dy, dx = np.sin(angle) * length / 2, np.cos(angle) * length / 2
+  cy, cx = float(rng.uniform(0, h - 1)), float(rng.uniform(0, w - 1))
+  reach = int(np.ceil(width)) + 1
+  y0 = max(0, int(min(cy - dy, cy + dy)) - reach)
+  y1 = min(h, int(max(cy - dy, cy + dy)) + reach + 2)
+  x0 = max(0, int(min(cx - dx, cx + dx)) - reach)
+  x1 = min(w, int(max(cx - dx, cx + dx)) + reach + 2)
+  if y0 >= y1 or x0 >= x1:
+    return False
+  ys, xs = np.arange(y0, y1)[:, None] - cy, np.arange(x0, x1)[None, :] - cx
+  # distance of each pixel centre to the segment from -(dy, dx) to +(dy, dx)
+  t = np.clip((ys * dy + xs * dx) / max(dy * dy + dx * dx, 1e-9), -1.0, 1.0)
+  dist = np.hypot(ys - t * dy, xs - t * dx)
+  support = dist <= width / 2 + 0.5
+  near = ndimage.binary_dilation(mask[y0:y1, x0:x1] > 0, iterations=_GAP)
+  if not support.any() or (support & near).any():
+    return False
+  local_mean = float(image[y0:y1, x0:x1].mean())
+  contrast = float(rng.uniform(cfg.min_contrast, cfg.max_contrast))
+  profile = np.exp(-_FALLOFF * (dist / max(width / 2 + 0.5, 0.5)) ** 2)
+  target = local_mean + contrast * 255.0 * profile
+  patch = image[y0:y1, x0:x1]
+  patch[support] = np.minimum(np.maximum(patch[support], target[support]), 255.0)
+  return True
+
+
 def image_box(valid: np.ndarray | None, shape: tuple[int, int]) -> tuple[slice, slice]:
   """The rows and columns of the smallest box holding every True pixel of ``valid`` (the
   image's own pixels in a padded crop); the whole ``shape`` when ``valid`` is None."""
@@ -203,19 +254,32 @@ def add_pseudo_targets(image: np.ndarray, mask: np.ndarray, rng: np.random.Gener
       random draws are the same as for an unpadded crop of the box's size.
 
   Returns:
-    (image, mask): float32 and uint8 arrays; new arrays when targets were added, the
-    inputs unchanged (same objects) when ITS is disabled or this image was not picked.
+    (image, mask): float32 and uint8 arrays; new arrays when targets (or lines, for the
+    image) were added, the inputs unchanged (same objects) when ITS is disabled or this
+    image was not picked.
   """
   cfg = ITSConfig.from_any(cfg)
-  if not cfg.enabled or cfg.prob <= 0 or rng.random() >= cfg.prob:
+  if not cfg.enabled:
     return image, mask
-  image = np.array(image, dtype=np.float32)
-  mask = np.array(mask, dtype=np.uint8)
-  box = image_box(valid, image.shape)
-  count = int(rng.integers(1, cfg.max_targets + 1))
-  if image[box].size:
-    for _ in range(count):
-      _place_one(image[box], mask[box], rng, cfg)  # views: painted into image and mask
+  # The draws for lines come after the targets' and only when line_prob > 0, so that
+  # without lines every draw is what it always was.
+  targets = cfg.prob > 0 and rng.random() < cfg.prob
+  if targets:
+    image = np.array(image, dtype=np.float32)
+    mask = np.array(mask, dtype=np.uint8)
+    box = image_box(valid, image.shape)
+    count = int(rng.integers(1, cfg.max_targets + 1))
+    if image[box].size:
+      for _ in range(count):
+        _place_one(image[box], mask[box], rng, cfg)  # views: painted into image and mask
+  if cfg.line_prob > 0 and rng.random() < cfg.line_prob:
+    if not targets:
+      image = np.array(image, dtype=np.float32)
+    box = image_box(valid, image.shape)
+    count = int(rng.integers(1, cfg.max_lines + 1))
+    if image[box].size:
+      for _ in range(count):
+        _place_line(image[box], mask[box], rng, cfg)  # painted into image only
   return image, mask
 
 

@@ -102,7 +102,8 @@ def test_mean_std_min_max_n_by_hand(tmp_path):
   # the stored config over the defaults: a key added since a run was made reads as its
   # default, so that such a run and a new one are the same experiment
   filled = defaults.fill_defaults(CONFIG)
-  assert agg['config'] == {k: v for k, v in filled.items() if k != 'seed'}
+  assert agg['config'] == {k: v for k, v in filled.items()
+                          if k not in ('seed', *aggregate.NOT_THE_EXPERIMENT)}
   assert agg['config']['model']['norm'] == 'group' and 'norm' not in CONFIG['model']
   assert list(t)[:6] == ['miou', 'niou', 'pd', 'fa_e6', 'fa_pixel_e6', 'fa_per_mp']
   # results written before fa_per_mp existed: derived from their counts

@@ -16,6 +16,7 @@ import pytest
 
 from limijax import compare
 from limijax import metrics
+from limijax.errors import UserError
 from tiny_run import REPO, assert_one_line_error
 
 METRIC_KEYS = [m[0] for m in compare.METRICS]
@@ -237,6 +238,22 @@ def test_a_run_against_itself_differs_by_zero_and_is_cached(run_copy, tiny_run):
   again = _compare(run_copy, run_copy)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'per-image statistics from' in again.stderr and os.path.getmtime(cache) == written
+
+
+def test_a_run_kept_without_checkpoints_compares_from_its_per_image_statistics(run_copy,
+                                                                              tmp_path):
+  full = compare.load_sides(run_copy, run_copy, 'test')  # writes the cache if missing
+  kept = tmp_path / 'kept'  # what a results folder holds: config, results, the cache
+  kept.mkdir()
+  for name in ('config.json', 'results.json'):
+    shutil.copy(os.path.join(run_copy, name), kept / name)
+  shutil.copytree(os.path.join(run_copy, 'analysis'), kept / 'analysis')
+  a, b = compare.load_sides(str(kept), run_copy, 'test')
+  np.testing.assert_array_equal(a[0].sums, full[0][0].sums)
+  assert a[0].ids == full[0][0].ids and a[0].hits == full[0][0].hits
+  shutil.rmtree(kept / 'analysis')  # neither checkpoint nor statistics: one clear line
+  with pytest.raises(UserError, match='holds no best checkpoint .* and no per-image'):
+    compare.load_sides(str(kept), run_copy, 'test')
 
 
 def test_runs_on_other_images_are_refused_before_anything_is_written(tiny_run, tmp_path):

@@ -129,11 +129,47 @@ def test_prob_picks_a_share_of_images():
   assert 70 <= hits <= 130
 
 
+def test_lines_are_painted_as_background_after_the_same_targets():
+  # line_prob draws after the targets' draws: the same seed paints the same pseudo
+  # targets with or without lines; the lines brighten the image, never the mask, and keep
+  # clear of every target.
+  image = _noisy_background()
+  mask = np.zeros(image.shape, np.uint8)
+  mask[30:33, 30:33] = 1
+  painted = 0
+  for seed in range(20):
+    plain = its.add_pseudo_targets(image, mask, np.random.default_rng(seed), CFG)
+    lined = its.add_pseudo_targets(image, mask, np.random.default_rng(seed),
+                                   dict(CFG, line_prob=1.0, max_lines=1))
+    np.testing.assert_array_equal(lined[1], plain[1])  # the mask: the same targets only
+    changed = lined[0] != plain[0]
+    assert not (changed & ndimage.binary_dilation(plain[1] > 0, iterations=2)).any()
+    assert (lined[0][changed] > plain[0][changed]).all()  # brighter, never darker
+    if changed.any():
+      painted += 1
+      # thin and long: the changed pixels span far more along one direction than across
+      labels, n = ndimage.label(changed, structure=np.ones((3, 3)))
+      for k in range(1, n + 1):
+        rows, cols = np.nonzero(labels == k)
+        extent = max(np.ptp(rows), np.ptp(cols)) + 1
+        # at most 4 px across (3 px and a rim), 4 sqrt 2 along a diagonal
+        assert (labels == k).sum() <= 6 * extent + 6
+  assert painted >= 15  # a line fits in almost every 64x64 crop
+  # lines alone (no pseudo targets picked): the mask is the input's own, unchanged
+  out, out_mask = its.add_pseudo_targets(image, mask, np.random.default_rng(1),
+                                         dict(CFG, prob=0.0, line_prob=1.0))
+  assert out_mask is mask and (out != image).any()
+
+
 def test_config_from_defaults_and_bad_values():
   cfg = its.ITSConfig.from_any(defaults.base_config().data.its)
   assert cfg.enabled and cfg.max_targets == 3 and cfg.max_contrast == 0.6
   with pytest.raises(ValueError, match='min_size'):
     its.ITSConfig.from_any(dict(CFG, min_size=6))
+  assert cfg.line_prob == 0.0  # no lines unless asked for
+  for key, bad in (('line_prob', 1.5), ('max_lines', 0)):
+    with pytest.raises(ValueError, match=f'data.its.{key}'):
+      its.ITSConfig.from_any(dict(CFG, **{key: bad}))
 
 
 def test_grain_random_map_is_deterministic_per_seed_epoch_and_index():
