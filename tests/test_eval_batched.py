@@ -106,10 +106,11 @@ def test_shape_buckets_merge_what_adds_the_fewest_padded_pixels():
 
 @pytest.mark.parametrize('variant', [
     {},  # the paper's model, shift form: FastUp folded (border lines at the valid edge)
-    # every ablation at once, literal forms: BatchNorm stem, plain residual blocks,
-    # bilinear upsampler, XLA's grouped depthwise convolutions (FastUp literal)
+    # every ablation at once, literal forms: BatchNorm stem and BatchNorm in every block
+    # (model.norm), plain residual blocks, bilinear upsampler, XLA's grouped depthwise
+    # convolutions (FastUp literal)
     {'stem': 'dsconv_bn', 'block': 'residual', 'upsampler': 'bilinear', 'head': 'fpn',
-     'depthwise': 'grouped'},
+     'depthwise': 'grouped', 'norm': 'batch'},
 ])
 def test_model_on_a_padded_batch_with_valid_hw_equals_each_image_alone(variant):
   config = base_config()
