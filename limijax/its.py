@@ -263,11 +263,11 @@ def add_pseudo_targets(image: np.ndarray, mask: np.ndarray, rng: np.random.Gener
     return image, mask
   # The draws for lines come after the targets' and only when line_prob > 0, so that
   # without lines every draw is what it always was.
+  box = image_box(valid, np.shape(image))
   targets = cfg.prob > 0 and rng.random() < cfg.prob
   if targets:
     image = np.array(image, dtype=np.float32)
     mask = np.array(mask, dtype=np.uint8)
-    box = image_box(valid, image.shape)
     count = int(rng.integers(1, cfg.max_targets + 1))
     if image[box].size:
       for _ in range(count):
@@ -275,7 +275,6 @@ def add_pseudo_targets(image: np.ndarray, mask: np.ndarray, rng: np.random.Gener
   if cfg.line_prob > 0 and rng.random() < cfg.line_prob:
     if not targets:
       image = np.array(image, dtype=np.float32)
-    box = image_box(valid, image.shape)
     count = int(rng.integers(1, cfg.max_lines + 1))
     if image[box].size:
       for _ in range(count):

@@ -50,7 +50,7 @@ def lr_table(config, steps_per_epoch: int, num_steps: int) -> np.ndarray:
     k = t + 1  # LinearLR.step() after the optimiser step
     if warm > 0 and k <= warm:
       lr *= 1.0 + (1.0 - start) / (warm * start + (k - 1) * (1.0 - start))
-    if k % steps_per_epoch == 0:  # CosineAnnealingLR.step() at the end of an epoch
+    if k % steps_per_epoch == 0:  # the cosine scheduler's step() at the end of an epoch
       e = k // steps_per_epoch
       if reading == 'restarts':  # the closed form of the epoch's place in its period
         lr = eta_min + (base - eta_min) * (1 + math.cos(math.pi * (e % period) / period)) / 2

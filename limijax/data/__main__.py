@@ -55,24 +55,23 @@ def main(argv: Sequence[str]) -> None:
                    test_fraction=FLAGS.test_fraction, val_fraction=FLAGS.val_fraction,
                    split_dir=FLAGS.split_dir)
   print(format_report(report), flush=True)
-  if FLAGS.preview and report['usable']:
-    from limijax import defaults  # pylint: disable=g-import-not-at-top
-    from limijax import input_pipeline  # pylint: disable=g-import-not-at-top
+  dataset = None  # the training split, read once for --preview and --targets
+  if (FLAGS.preview or FLAGS.targets) and report['usable']:
     dataset = folder_dataset(FLAGS.root, name=FLAGS.name or 'folder', split=report['split'],
                              split_seed=FLAGS.split_seed, test_fraction=FLAGS.test_fraction,
                              val_fraction=FLAGS.val_fraction, split_dir=FLAGS.split_dir)
+  if FLAGS.preview and dataset is not None:
+    from limijax import defaults  # pylint: disable=g-import-not-at-top
+    from limijax import input_pipeline  # pylint: disable=g-import-not-at-top
     cfg = defaults.base_config()  # the preview shows what a default run would train on
     input_pipeline.save_preview(
         dataset.train, FLAGS.preview, image_size=FLAGS.image_size, mean=dataset.mean,
         std=dataset.std, seed=cfg.seed, its_cfg=cfg.data.its,
         crop_target_prob=cfg.data.crop_target_prob)
     print(f'preview:   {FLAGS.preview}', flush=True)
-  if FLAGS.targets and report['usable']:
+  if FLAGS.targets and dataset is not None:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     from limijax.data import targets  # pylint: disable=g-import-not-at-top
-    dataset = folder_dataset(FLAGS.root, name=FLAGS.name or 'folder', split=report['split'],
-                             split_seed=FLAGS.split_seed, test_fraction=FLAGS.test_fraction,
-                             val_fraction=FLAGS.val_fraction, split_dir=FLAGS.split_dir)
     records = [*dataset.train, *dataset.val]
     stats = targets.summary(targets.measure_all(tqdm(records, desc='targets', leave=False)))
     report['targets'] = {'images': len(records), **stats, 'its': targets.its_ranges(stats)}
