@@ -262,11 +262,12 @@ def test_whole_model_same_for_every_impl():
   variables = model_lib.init(base, jax.random.PRNGKey(0))
   forms = {'reference': base, 'grouped': model_lib.LimiNet(depthwise='grouped'),
            'shift': model_lib.LimiNet(depthwise='shift')}
-  results = {}
+  results, jitted = {}, {}
   for name, m in forms.items():
     # jitted: op-by-op execution of the whole model is several times slower to run
-    (_, out), grads = jax.jit(jax.value_and_grad(
-        lambda p, m=m: _whole_model_loss(m, p, x, y), has_aux=True))(variables['params'])
+    jitted[name] = jax.jit(jax.value_and_grad(
+        lambda p, m=m: _whole_model_loss(m, p, x, y), has_aux=True))
+    (_, out), grads = jitted[name](variables['params'])
     results[name] = (out, grads)
   # Gradient leaves are float32 sums over every position of the batch (N H W terms), and
   # GroupNorm's backward pass mixes whole groups: rounding error grows with the length of
@@ -285,7 +286,7 @@ def test_whole_model_same_for_every_impl():
   # The tolerance still tells gradients apart: those of slightly other parameters differ
   # by more than it in some leaf.
   nudged = jax.tree.map(lambda p: p * 1.01, variables['params'])
-  other = jax.jit(jax.grad(lambda p: _whole_model_loss(base, p, x, y)[0]))(nudged)
+  _, other = jitted['reference'](nudged)  # the reference's program, other values
   assert max(float(np.abs(a - b).max()) for a, b in zip(
       jax.tree.leaves(other), jax.tree.leaves(want_grads))) > 10 * atol
 

@@ -233,17 +233,17 @@ def test_train_lines_say_how_much_of_the_time_went_waiting_for_batches(
   # The shared run: every train line has it, a fraction.
   shared = records(tiny_run[0])
   assert all(0.0 <= r['data_wait'] <= 1.0 for r in shared)
-  # An input pipeline that takes 200 ms a sample (800 ms a batch of 4) against a step of
+  # An input pipeline that takes 100 ms a sample (400 ms a batch of 4) against a step of
   # tens of ms: the loop waits for batches much of the time. Epoch 1 hides it (the
   # buffers of Grain's thread and of the loop's prefetch thread fill while the step
   # compiles). In epoch 2 (steps 9-16) at most Grain's 4 buffered batches are ready;
   # steps 9 and 10 use two and make a window of their own (a line every 10 steps), so the
-  # last window, steps 11-16, waits for 4 of its 6 batches: about 3.2 s against well
-  # under a second of steps.
+  # last window, steps 11-16, waits for 4 of its 6 batches: about 1.6 s against well
+  # under a second of steps (a fraction over 0.6 even at 100 ms a step).
   real_map = input_pipeline.Normalise.map
 
   def slow_map(self, element):
-    time.sleep(0.2)
+    time.sleep(0.1)
     return real_map(self, element)
 
   monkeypatch.setattr(input_pipeline.Normalise, 'map', slow_map)
