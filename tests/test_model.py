@@ -126,12 +126,20 @@ def test_output_shapes(name, hw):
   assert all(s.shape == (2, *hw, 1) for s in sides)
 
 
-@pytest.mark.parametrize('name', list(VARIANTS))
-def test_jit_grad_finite_on_all_background_and_all_target(name):
+# The paper's model, and every ablation's block at once (the alternative blocks in one
+# program: a stem with BatchNorm, residual blocks with BatchNorm, bilinear upsampling),
+# with the C2F head (side heads and side losses) and with the plain FPN head.
+EVERY_ABLATION = {k: v for name in VARIANTS for k, v in VARIANTS[name].items()}
+GRAD_VARIANTS = {'default': {}, 'every_ablation_c2f': {**EVERY_ABLATION, 'head': 'c2f'},
+                 'every_ablation_fpn': EVERY_ABLATION}
+
+
+@pytest.mark.parametrize('variant', GRAD_VARIANTS.values(), ids=list(GRAD_VARIANTS))
+def test_jit_grad_finite_on_all_background_and_all_target(variant):
   # The grouped depthwise form, which compiles in half the time of the CPU's default
   # (shift) form: the forms' equality, outputs and gradients of the whole model, is tested
   # in test_depthwise.py.
-  m = model_lib.LimiNet(**VARIANTS[name], depthwise='grouped')
+  m = model_lib.LimiNet(**variant, depthwise='grouped')
   # Random He-scaled weights of the variant's shapes (BatchNorm statistics included):
   # shapes traced, nothing compiled but the loss and its gradient.
   shapes = model_lib.variable_shapes(m)
