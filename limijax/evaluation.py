@@ -145,7 +145,7 @@ _SIZE_COUNTS = weakref.WeakKeyDictionary()  # source -> {(len, multiple): counts
 
 def _padded_size_counts(source, multiple: int) -> dict[tuple[int, int], int]:
   """How many images of ``source`` have each padded (H, W): a pass that decodes every
-  record (about 1 ms an image of 128x128), kept per source object where it can be (a
+  record, kept per source object where it can be (a
   dataset's validation split is evaluated again and again; plain lists cannot be kept)."""
   key = (len(source), multiple)
   try:

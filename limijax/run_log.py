@@ -80,8 +80,9 @@ class MetricsLog:
 def _summary_writer_class():
   """tensorboardX's ``SummaryWriter``, imported without PyTorch.
 
-  When torch is installed, tensorboardX imports it (1.6 s on a 2-core CPU, a tenth of a
-  small run) only to recognise torch tensors, which are never passed here. Its import is
+  When torch is installed, tensorboardX imports it (a second framework loaded into a JAX
+  training process, with its start-up time and thread pools) only to recognise torch
+  tensors, which are never passed here. Its import is
   refused for that moment unless torch is already loaded; torch itself stays importable.
   """
   if 'torch' in sys.modules:
@@ -122,7 +123,7 @@ def plot_curves(records: list[dict], path: str) -> None:
   ax2.set(title='validation', xlabel='epoch', ylim=(0, 1))
   if val:
     ax2.legend(loc='lower right')
-  # Fixed margins for this fixed figure: tight_layout measures every label first (a plot
-  # took 0.47 s with it, 0.31 s without, on a 2-core CPU).
+  # Fixed margins for this fixed figure: tight_layout measures every label first, which
+  # costs a third of a plot's time (BENCHMARKS.md).
   fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.91, wspace=0.22)
   fig.savefig(path)

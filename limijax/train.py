@@ -57,8 +57,7 @@ def init_state(model, tx, rng: jax.Array) -> dict:
 @functools.lru_cache(maxsize=16)
 def _opt_init(tx):
   """``tx.init`` as one compiled program (the same zeros): run op by op, flattening the
-  parameters compiled one small program per parameter shape, about 0.3 s at every start
-  on a CPU."""
+  parameters compiled one small program per parameter shape at every start."""
   return jax.jit(tx.init)
 
 

@@ -108,8 +108,8 @@ def managers(workdir: str, keep_latest: int = 1):
 
 
 # Checkpoint layout. Orbax writes every array of a tree as an entry of its own: the ~400
-# small arrays of a train state took ~1 s to save (25x the time for the same numbers as
-# two arrays), which on a GPU is as long as an epoch's steps. So a checkpoint holds a
+# small arrays of a train state took many times as long to save as the same numbers in
+# two arrays, on a GPU as long as an epoch's steps (BENCHMARKS.md). So a checkpoint holds a
 # tree's leaves packed into one flat array per dtype, in ``jax.tree.leaves`` order, and
 # its meta says ``'layout': 'packed'``; the tree's structure comes back from the model's
 # config.

@@ -38,10 +38,9 @@ Times are medians over ``--repeats`` interleaved rounds after two warm-up calls:
 round every backend runs one burst, untimed calls for :data:`CHANGE_OVER_S` (at least
 one) and then :data:`BURST` timed calls back to back (one in the JAX-only
 depthwise-forms row). A backend's first calls after another library's, or after a
-pause, run slowly (no thread spins meanwhile; the cause was not found): on a 2-core CPU,
-JAX's inference at batch 1 took 16-21 ms a call for the first few calls after torch's and
-10.7 ms from then on; after 0.2 s of untimed calls every backend ran at its own steady
-rate, whichever ran before it. The first call, compilation included, is reported apart.
+pause, run slowly (no thread spins meanwhile; the cause was not found; the figures are
+in BENCHMARKS.md); after :data:`CHANGE_OVER_S` of untimed calls every backend ran at its
+own steady rate, whichever ran before it. The first call, compilation included, is reported apart.
 Every row also carries its counted FLOPs (2 per multiply-accumulate of every
 convolution, as :mod:`limijax.summary` counts them; a training step counts 3x the
 forward pass with side heads) and the fraction of this machine's compute bound they

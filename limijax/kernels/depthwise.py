@@ -1,11 +1,10 @@
 """Depthwise convolutions in two interchangeable forms.
 
-XLA's CPU backend runs grouped convolutions (``feature_group_count = C``) an order of
-magnitude slower than PyTorch's depthwise kernel, while a depthwise k x k convolution
-written as k*k shifted multiply-adds is exact and 20-40x faster there. On a GPU the shift
-form wins too: on an H100 the training step (batch 10, 256x256) took 12.1 ms with it
-against 42.4 ms with cuDNN's grouped convolution (BENCHMARKS.md), whose depthwise
-gradients are slow. Every function here takes ``impl``:
+XLA's CPU backend runs grouped convolutions (``feature_group_count = C``) far more
+slowly than PyTorch's depthwise kernel, while a depthwise k x k convolution written as
+k*k shifted multiply-adds is exact and many times faster there. On a GPU the shift form
+wins too, against cuDNN's grouped convolution, whose depthwise gradients are slow (the
+figures: BENCHMARKS.md). Every function here takes ``impl``:
 
 * ``'grouped'`` - ``lax.conv_general_dilated`` with ``feature_group_count``;
 * ``'shift'``   - shifted slices times per-channel weights, summed (polyphase for the
@@ -90,9 +89,9 @@ def _kernel_grad(x: jax.Array, g: jax.Array, k: int, stride: int, dilation: int,
   """The gradient, with respect to the ``(k, k, C)`` kernel, of ``sum(g * y)`` where ``y``
   is the convolution of the unpadded ``x`` (C channels, or 1 broadcast to C) with padding
   ``pad``: on a CPU, XLA's filter-gradient convolution (the transpose of the grouped
-  convolution in its kernel), 2-8x faster there than the k*k reductions of
-  :func:`_correlate_kernel_grad` (e.g. 145 against 290 ms for 20 channels at 256x256,
-  batch 10). Other backends keep the reductions, the form measured on a GPU."""
+  convolution in its kernel), faster there than the k*k reductions of
+  :func:`_correlate_kernel_grad` (BENCHMARKS.md). Other backends keep the reductions,
+  the form measured on a GPU."""
   if jax.default_backend() not in _FILTER_GRADIENT_CONV_BACKENDS:
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     return _correlate_kernel_grad(xp, g, k, k, stride, dilation)
@@ -294,8 +293,7 @@ def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   convolution forward and for the input gradient, and the kernel gradient as one matrix
   product over all pixels. Autodiff would take the kernel gradient from XLA's
   filter-gradient convolution, which on a CPU first copies both operands into a
-  batch-innermost layout: 40 against 7.5 ms for 20 -> 8 channels at 256x256, batch 10,
-  on a 2-core CPU."""
+  batch-innermost layout and is several times slower (BENCHMARKS.md)."""
   return _pointwise(x, kernel)
 
 
@@ -366,8 +364,8 @@ def upsample_separable_conv(x: jax.Array, dw_kernel: jax.Array, pw_kernel: jax.A
   of the ``factor**2`` output phases ``(factor*m + r, factor*p + q)`` is a 3x3
   correlation of the edge-repeated input at ``(m, p)``; with the pointwise conv folded
   in, FastUp becomes one dense 3x3 convolution C -> ``factor**2 * F`` at the input
-  resolution and a depth-to-space reshuffle. On a 2-core CPU this cut FastUp x8's
-  forward at batch 10 from 131 ms to 12 ms and its gradient from 760 ms to 58 ms.
+  resolution and a depth-to-space reshuffle: on a CPU an order of magnitude faster than
+  upsampling first, forward and gradient (BENCHMARKS.md).
 
   The folded form sees the upsampled image continued one pixel past its border, where
   the real convolution sees zero padding: the four border lines are corrected by

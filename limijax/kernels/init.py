@@ -2,8 +2,8 @@
 
 Flax's own ``model.init(key, x)`` draws each parameter from its own key (a key folded in
 per parameter name, then a draw): a program of a few thousand operations, whose first
-compilation in a process took 8.7 s on a 2-core CPU against 2.7 s for two draws cut into
-pieces. :func:`init` lets flax create the variables (the random values it draws are
+compilation in a process takes about three times as long as two draws cut into pieces
+(BENCHMARKS.md). :func:`init` lets flax create the variables (the random values it draws are
 never used, and XLA drops them), then replaces every convolution kernel by the next piece
 of one truncated-normal draw and every ECA kernel by the next piece of one normal draw,
 in the order the model creates them, with the distributions the modules declare:
@@ -82,8 +82,7 @@ def init(model, rng: jax.Array, size: int = 32) -> dict:
 
   The draws always run on the host's CPU (:func:`init_device`) and the variables are then
   placed on this process's first device: every backend starts from the CPU's values, and
-  a GPU skips compiling (and autotuning the convolutions of) a program it would run once,
-  about 30 s on an H100."""
+  a GPU skips compiling (and autotuning the convolutions of) a program it would run once."""
   x = jnp.zeros((1, size, size, model.in_channels), jnp.float32)
   # Inside another trace (jax.eval_shape of the train state) the jit is nested, and only a
   # top-level jit takes compiler options.

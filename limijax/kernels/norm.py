@@ -31,7 +31,7 @@ def spatial_sums(x: jax.Array) -> jax.Array:
   XLA:CPU reduces an NHWC tensor over H and W with a loop whose innermost dimension is
   the few channels (4 to 32 in Limi-Net), which it barely vectorises. Read as rows of 16
   values (channel ``i % C`` at position ``i``), the same sum is a reduction over rows of
-  whole vectors, about 10x faster (BENCHMARKS.md). The order of the additions differs, so
+  whole vectors, several times faster (BENCHMARKS.md). The order of the additions differs, so
   the sums differ from a plain ``sum`` in the last bits."""
   n, h, w, c = x.shape
   lanes = _lanes(c, h * w * c)
