@@ -204,6 +204,10 @@ def test_cli_json_rows_on_small_inputs(cli_rows):
   with_huge_pages = process.huge_pages_environment(env, cli_rows['command']) is not None
   assert ('glibc.malloc.hugetlb=1' in (out['machine']['glibc_tunables'] or '')) == (
       with_huge_pages)
+  assert out['peak']['peak'] > 0
+  assert out['settings']['only'] == ['infer', 'pipeline', 'eval']
+  assert 'infer_b1_32: JAX takes' in cli_rows['proc'].stdout
+  assert out['summary']['jax_over_best_torch']['infer_b1_64'] == by['infer_b1_64']['ratio']
 
 
 def test_cli_eval_row_compiles_a_handful_of_shapes_against_one_per_size(cli_rows):
