@@ -11,6 +11,9 @@
 # default arm runs first whenever an arm is compared with it. Re-running the same line
 # resumes: a finished run is not trained again (limijax.main), so the last line prints the
 # comparisons again at the cost of reading the per-image caches.
+# Table 2's ablations are arms too, under Table 2's folder names (no_ses, no_lmb, no_huf,
+# no_c2f); with default, its_off and c2f_hard (its "Ours", "w/o ITS" and hard-label rows)
+# they make the table at EPOCHS: python -m limijax.aggregate --table2 --intervals ROOT.
 # PYTHON (default: python) is the interpreter that runs limijax.
 set -euo pipefail
 usage="usage: launch/choices.sh [--base=CONFIG] ROOT EPOCHS N [ARM...] [-- extra flags...]"
@@ -47,6 +50,10 @@ arms=(
   "crops_any --config.data.crop_target_prob=0.0"
   "its_strong --config.data.its.prob=1.0 --config.data.its.max_targets=5"
   "its_lines --config.data.its.line_prob=0.5"
+  "no_ses --config.model.stem=dsconv_bn"
+  "no_lmb --config.model.block=residual"
+  "no_huf --config.model.upsampler=bilinear"
+  "no_c2f --config.model.head=fpn"
 )
 chosen=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do

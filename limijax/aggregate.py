@@ -65,6 +65,9 @@ TABLE2 = (
     # labels (every alpha 0, weights 1), deep supervision without label smoothing.
     ('w/o C2F, hard side labels', 'no_c2f_hard', '--config.loss.side_alphas=(0.0,0.0,0.0,0.0)'),
 )
+# The folders launch/choices.sh trains the same configs into, under its own names: Table 2
+# reads a row from either, so the choices' arms and Table 2's rows are trained once.
+CHOICES_NAMES = {'ours': 'default', 'no_its': 'its_off', 'no_c2f_hard': 'c2f_hard'}
 
 
 # --------------------------------------------------------------------------- finding runs
@@ -375,14 +378,21 @@ _TABLE2_METRICS = (('miou', 100), ('niou', 100), ('pd', 100), ('fa_e6', 1), ('fa
 
 
 def table2(root: str) -> dict:
-  """The paper's Table 2 from ``root/<variant>/...``: a markdown table and its data."""
+  """The paper's Table 2 from ``root/<variant>/...``: a markdown table and its data. A row
+  is read from its Table 2 folder (``ours``, ``no_its``, ...) or from the folder that
+  launch/choices.sh gives the same config (:data:`CHOICES_NAMES`), not from both."""
   if not os.path.isdir(root):
     raise UserError(f'{root} is not a folder')
   rows, skipped, missing = [], [], []
   for label, name, _ in TABLE2:
-    folder = os.path.join(root, name)
+    found = [os.path.join(root, n) for n in (name, CHOICES_NAMES.get(name)) if n
+             if os.path.isdir(os.path.join(root, n)) and find_runs(os.path.join(root, n))[0]]
+    if len(found) > 1:
+      raise UserError(f'{label} has finished runs in both {found[0]} and {found[1]}: keep '
+                      f'one of the two folders')
+    folder = found[0] if found else os.path.join(root, name)
     row = {'variant': label, 'folder': folder, 'n': 0}
-    if os.path.isdir(folder) and find_runs(folder)[0]:
+    if found:
       agg = collect(folder)
       skipped += agg['skipped']
       row.update(n=agg['n'], seeds=agg['seeds'], config=agg['config'], params=agg['params'],

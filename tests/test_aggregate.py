@@ -263,6 +263,24 @@ def test_table2_rows_in_paper_order_with_cells(tmp_path):
   assert diffs['w/o C2F, hard side labels'] == ['loss.side_alphas']
 
 
+def test_table2_reads_rows_from_the_choices_arms_folders(tmp_path):
+  # launch/choices.sh trains Ours, w/o ITS and the hard-label row as default, its_off and
+  # c2f_hard: the same table comes from those folders.
+  expected = aggregate.table2(str(make_table2(tmp_path / 'paper')))
+  choices = make_table2(tmp_path / 'choices')
+  for name, arm in aggregate.CHOICES_NAMES.items():
+    (choices / name).rename(choices / arm)
+  t = aggregate.table2(str(choices))
+  assert t['markdown'] == expected['markdown']
+  assert [r['folder'] for r in t['rows']][:2] == [str(choices / 'default'),
+                                                  str(choices / 'its_off')]
+  # Finished runs of one row in both folders: refused, naming both.
+  make_table2(choices, {'ours': VARIANTS['ours']})
+  with pytest.raises(aggregate.UserError, match=r'Ours has finished runs in both .*ours and '
+                     r'.*default'):
+    aggregate.table2(str(choices))
+
+
 def test_table2_cli_missing_variant_row_left_empty(tmp_path):
   make_table2(tmp_path, {k: v for k, v in VARIANTS.items() if k != 'no_lmb'})
   proc = _cli('--table2', tmp_path)

@@ -149,6 +149,16 @@ def test_choices_sh_arms_each_change_their_keys_to_values_the_config_accepts():
     assert defaults.diff_keys(base, config.to_dict()) == sorted(keys), name
 
 
+def test_choices_sh_arms_hold_every_table2_row_under_a_name_table2_reads():
+  # Table 2 at the arms' schedule comes from the choices' ROOT: every row is an arm with
+  # the same change, named as Table 2 names it or as aggregate.CHOICES_NAMES maps it.
+  arms = dict(_arms())
+  for label, name, change in aggregate.TABLE2:
+    arm = name if name in arms else aggregate.CHOICES_NAMES.get(name)
+    assert arm in arms, label
+    assert arms[arm] == change, label
+
+
 @pytest.mark.parametrize('args, message', [
     ((), 'usage: launch/choices.sh [--base=CONFIG] ROOT EPOCHS N'),
     (('ROOT', 'x', '3'), "error: EPOCHS must be a positive integer, got 'x'"),
