@@ -23,16 +23,12 @@ The runs must be seeds of one config: only ``seed``, ``track_test`` and
 stdout line is always one JSON object: ``{"root", "n", "runs", "seeds", "skipped",
 "best_epoch", "test": {key: {"mean", "std", "min", "max", "n"}}, "val": {...}, "params",
 "config"}`` with ``config`` the shared config without ``seed`` (over the defaults: a key
-added since a run was made reads as its default). ``--json`` is accepted and
-changes nothing (the JSON line is always printed), as the other commands' ``--json`` ends
-their output with one JSON line.
+added since a run was made reads as its default); ``--json`` changes nothing.
 
 ``python -m limijax.aggregate --table2 ROOT`` prints the paper's Table 2 (ablations) from
-``ROOT/{ours,no_its,no_ses,no_lmb,no_huf,no_c2f,no_c2f_hard}/``, each aggregated as above; see
-``launch/table2.sh``. With ``--intervals`` it adds, per row, the difference from "Ours"
-with its 95 % interval by a paired bootstrap over the test images and whether it exceeds
-the seed spread too (:mod:`limijax.compare`: this runs each run's best checkpoint on its
-test split once, unless ``compare`` already kept its per-image sums).
+``ROOT/{ours,no_its,no_ses,no_lmb,no_huf,no_c2f,no_c2f_hard}/`` (or launch/choices.sh's
+names for them), each aggregated as above. ``--intervals`` adds each row's difference from
+Ours with a paired bootstrap 95 % interval over the test images (:mod:`limijax.compare`).
 """
 
 from __future__ import annotations
@@ -65,8 +61,7 @@ TABLE2 = (
     # labels (every alpha 0, weights 1), deep supervision without label smoothing.
     ('w/o C2F, hard side labels', 'no_c2f_hard', '--config.loss.side_alphas=(0.0,0.0,0.0,0.0)'),
 )
-# The folders launch/choices.sh trains the same configs into, under its own names: Table 2
-# reads a row from either, so the choices' arms and Table 2's rows are trained once.
+# launch/choices.sh's folders for the same configs: a Table 2 row is read from either.
 CHOICES_NAMES = {'ours': 'default', 'no_its': 'its_off', 'no_c2f_hard': 'c2f_hard'}
 
 
@@ -378,18 +373,16 @@ _TABLE2_METRICS = (('miou', 100), ('niou', 100), ('pd', 100), ('fa_e6', 1), ('fa
 
 
 def table2(root: str) -> dict:
-  """The paper's Table 2 from ``root/<variant>/...``: a markdown table and its data. A row
-  is read from its Table 2 folder (``ours``, ``no_its``, ...) or from the folder that
-  launch/choices.sh gives the same config (:data:`CHOICES_NAMES`), not from both."""
+  """The paper's Table 2 from ``root/<variant>/...`` (or a :data:`CHOICES_NAMES` folder,
+  not both): a markdown table and its data."""
   if not os.path.isdir(root):
     raise UserError(f'{root} is not a folder')
   rows, skipped, missing = [], [], []
   for label, name, _ in TABLE2:
-    found = [os.path.join(root, n) for n in (name, CHOICES_NAMES.get(name)) if n
-             if os.path.isdir(os.path.join(root, n)) and find_runs(os.path.join(root, n))[0]]
+    found = [f for f in (os.path.join(root, n) for n in (name, CHOICES_NAMES.get(name)) if n)
+             if os.path.isdir(f) and find_runs(f)[0]]
     if len(found) > 1:
-      raise UserError(f'{label} has finished runs in both {found[0]} and {found[1]}: keep '
-                      f'one of the two folders')
+      raise UserError(f'{label} has finished runs in both {found[0]} and {found[1]}: keep one')
     folder = found[0] if found else os.path.join(root, name)
     row = {'variant': label, 'folder': folder, 'n': 0}
     if found:
@@ -481,7 +474,7 @@ def _define_flags() -> None:
   flags.DEFINE_bool('json', False, 'Accepted for symmetry with the other commands: the '
                     'JSON line ends the output in any case.')
   flags.DEFINE_bool('table2', False, 'Print the paper\'s Table 2 from ROOT/<variant>/ '
-                    '(irstd1k, no_its, no_ses, no_lmb, no_huf, no_c2f).')
+                    '(ours, no_its, no_ses, no_lmb, no_huf, no_c2f, no_c2f_hard).')
   flags.DEFINE_bool('intervals', False, 'With --table2: each row\'s difference from Ours '
                     'with a paired bootstrap 95 % interval over the test images (needs each '
                     'run\'s best checkpoint, or the per-image sums that compare keeps).')
