@@ -33,7 +33,7 @@ case $n in ''|*[!0-9]*) echo "error: N must be a positive integer, got '$n'" >&2
 [ -n "$root" ] || { echo "error: ROOT must not be empty" >&2; exit 2; }
 [ -f "$base" ] || { echo "error: base config $base not found" >&2; exit 2; }
 # Folder under ROOT and the key its row changes, in the table's row order
-# (limijax/aggregate.py TABLE2).
+# (limijax/table2.py ROWS).
 variants=(
   "ours"
   "no_its --config.data.its.enabled=False"

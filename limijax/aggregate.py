@@ -25,10 +25,8 @@ stdout line is always one JSON object: ``{"root", "n", "runs", "seeds", "skipped
 "config"}`` with ``config`` the shared config without ``seed`` (over the defaults: a key
 added since a run was made reads as its default); ``--json`` changes nothing.
 
-``python -m limijax.aggregate --table2 ROOT`` prints the paper's Table 2 (ablations) from
-``ROOT/{ours,no_its,no_ses,no_lmb,no_huf,no_c2f,no_c2f_hard}/`` (or launch/choices.sh's
-names for them), each aggregated as above. ``--intervals`` adds each row's difference from
-Ours with a paired bootstrap 95 % interval over the test images (:mod:`limijax.compare`).
+``python -m limijax.aggregate --table2 ROOT [--intervals]`` prints the paper's Table 2
+(ablations) from ``ROOT/<row>/`` folders, each aggregated as above (:mod:`limijax.table2`).
 """
 
 from __future__ import annotations
@@ -48,21 +46,6 @@ SKIP_DIRS = ('checkpoints', 'tb')
 # Shown first, in this order; every other numeric test key follows in results.json order.
 HEADLINE = ('miou', 'niou', 'pd', 'fa_e6', 'fa_pixel_e6', 'fa_per_mp')
 PLOT_NAME = 'aggregate.png'
-
-# Paper Table 2, in the paper's row order: (row label, folder under ROOT, config file).
-TABLE2 = (
-    ('Ours', 'ours', ''),
-    ('w/o ITS', 'no_its', '--config.data.its.enabled=False'),
-    ('w/o SES', 'no_ses', '--config.model.stem=dsconv_bn'),
-    ('w/o LMB', 'no_lmb', '--config.model.block=residual'),
-    ('w/o HUF', 'no_huf', '--config.model.upsampler=bilinear'),
-    ('w/o C2F', 'no_c2f', '--config.model.head=fpn'),
-    # Not a row of the paper: its "plain FPN" may also mean side heads kept with hard
-    # labels (every alpha 0, weights 1), deep supervision without label smoothing.
-    ('w/o C2F, hard side labels', 'no_c2f_hard', '--config.loss.side_alphas=(0.0,0.0,0.0,0.0)'),
-)
-# launch/choices.sh's folders for the same configs: a Table 2 row is read from either.
-CHOICES_NAMES = {'ours': 'default', 'no_its': 'its_off', 'no_c2f_hard': 'c2f_hard'}
 
 
 # --------------------------------------------------------------------------- finding runs
@@ -129,14 +112,14 @@ def load_run(run_dir: str) -> dict:
 
 
 # --------------------------------------------------------------------------- statistics
-def _is_number(v) -> bool:
+def is_number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def stats(values) -> dict:
   """``mean``, sample ``std`` (ddof 1; None for fewer than 2), ``min``, ``max`` and ``n``
   of the values that are numbers (None values are left out)."""
-  xs = [float(v) for v in values if _is_number(v)]
+  xs = [float(v) for v in values if is_number(v)]
   n = len(xs)
   if not n:
     return {'mean': None, 'std': None, 'min': None, 'max': None, 'n': 0}
@@ -149,9 +132,9 @@ def _numeric_keys(dicts: list[dict]) -> list[str]:
   keys = []
   for d in dicts:
     for k, v in d.items():
-      if k not in keys and (_is_number(v) or v is None):
+      if k not in keys and (is_number(v) or v is None):
         keys.append(k)
-  keys = [k for k in keys if any(_is_number(d.get(k)) for d in dicts) or k in HEADLINE]
+  keys = [k for k in keys if any(is_number(d.get(k)) for d in dicts) or k in HEADLINE]
   return [k for k in HEADLINE if k in keys] + [k for k in keys if k not in HEADLINE]
 
 
@@ -169,8 +152,9 @@ def _check_one_config(runs: list[dict], root: str) -> dict:
     diff = diff_keys(first, strip(r['config']))
     if diff:
       shown = ', '.join(diff[:6]) + (' ...' if len(diff) > 6 else '')
+      from limijax.table2 import ROWS  # pylint: disable=g-import-not-at-top
       hint = ('; for ROOT/<variant>/ folders of launch/table2.sh use --table2'
-              if any(os.path.isdir(os.path.join(root, name)) for _, name, _ in TABLE2) else '')
+              if any(os.path.isdir(os.path.join(root, name)) for _, name, _ in ROWS) else '')
       raise UserError(f'runs under {root} differ in more than seed, at {shown} (e.g. '
                       f'{runs[0]["path"]} and {r["path"]}); aggregate the seeds of one config '
                       f'at a time{hint}')
@@ -327,7 +311,7 @@ def _public(agg: dict) -> dict:
   return {k: v for k, v in agg.items() if not k.startswith('_')}
 
 
-def _report_skipped(skipped: list[str]) -> None:
+def report_skipped(skipped: list[str]) -> None:
   if skipped:
     print(f'skipped {len(skipped)} unfinished run(s) (config.json, no results.json): '
           f'{", ".join(skipped)}', file=sys.stderr, flush=True)
@@ -335,7 +319,7 @@ def _report_skipped(skipped: list[str]) -> None:
 
 def aggregate_main(root: str) -> dict:
   agg = collect(root)
-  _report_skipped(agg['skipped'])
+  report_skipped(agg['skipped'])
   seeds = agg['seeds']
   repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
   if repeated:
@@ -366,107 +350,6 @@ def aggregate_main(root: str) -> dict:
   return agg
 
 
-# --------------------------------------------------------------------------- Table 2
-# Table 2's metrics and the factor each is printed with (percentages as the paper prints
-# them; false-alarm components per megapixel beside its pixel rate).
-_TABLE2_METRICS = (('miou', 100), ('niou', 100), ('pd', 100), ('fa_e6', 1), ('fa_per_mp', 1))
-
-
-def table2(root: str) -> dict:
-  """The paper's Table 2 from ``root/<variant>/...`` (or a :data:`CHOICES_NAMES` folder,
-  not both): a markdown table and its data."""
-  if not os.path.isdir(root):
-    raise UserError(f'{root} is not a folder')
-  rows, skipped, missing = [], [], []
-  for label, name, _ in TABLE2:
-    found = [f for f in (os.path.join(root, n) for n in (name, CHOICES_NAMES.get(name)) if n)
-             if os.path.isdir(f) and find_runs(f)[0]]
-    if len(found) > 1:
-      raise UserError(f'{label} has finished runs in both {found[0]} and {found[1]}: keep one')
-    folder = found[0] if found else os.path.join(root, name)
-    row = {'variant': label, 'folder': folder, 'n': 0}
-    if found:
-      agg = collect(folder)
-      skipped += agg['skipped']
-      row.update(n=agg['n'], seeds=agg['seeds'], config=agg['config'], params=agg['params'],
-                 **{k: agg['test'].get(k, stats([])) for k, _ in _TABLE2_METRICS})
-    else:
-      missing.append(folder)
-    rows.append(row)
-  if len(missing) == len(TABLE2):
-    raise UserError(f'no finished run under any of {", ".join(missing)}')
-  _report_skipped(skipped)
-  if missing:
-    print(f'no finished run under {", ".join(missing)}: row(s) left empty',
-          file=sys.stderr, flush=True)
-  ours = rows[0].get('config')
-  for row in rows:
-    if 'config' in row and ours is not None:
-      row['differs_from_ours'] = diff_keys(ours, row['config'])
-  lines = ['| Method | mIoU (%) | nIoU (%) | Pd (%) | Fa (x1e-6) | FA/MP | Params (M) | seeds |',
-           '|---|---|---|---|---|---|---|---|']
-  for row in rows:
-    if not row['n']:
-      lines.append(f'| {row["variant"]} | — | — | — | — | — | — | 0 |')
-      continue
-    p = row['params']
-    p = p['mean'] if isinstance(p, dict) else p  # differing counts (not one config): mean
-    params = f'{p / 1e6:.3f}' if _is_number(p) else 'n/a'
-    cells = [mean_std(row[k], '.2f', scale, row['n']) for k, scale in _TABLE2_METRICS]
-    lines.append(f'| {row["variant"]} | {" | ".join(cells)} | {params} | {row["n"]} |')
-  return {'root': root, 'rows': rows, 'markdown': '\n'.join(lines)}
-
-
-def against_ours(rows: list[dict]) -> list[str]:
-  """Footnote lines: each row's difference from "Ours" with its 95 % interval by a paired
-  bootstrap over the test images (:mod:`limijax.compare`; each run's per-image sums are
-  read from its ``analysis/`` cache, or computed from its best checkpoint and kept), and
-  whether it exceeds both that interval and the seed spread. Fills ``row['vs_ours']``."""
-  from limijax import compare  # pylint: disable=g-import-not-at-top
-  ours = rows[0]
-  if not ours['n']:
-    return ['no interval against Ours: its row has no finished run']
-  lines = []
-  for row in rows[1:]:
-    if not row['n']:
-      continue
-    variant, base = compare.load_sides(row['folder'], ours['folder'], 'test')
-    report = compare.compare_stats(variant, base)
-    row['vs_ours'] = report['metrics']
-    cells = []
-    for key, label, _, _ in compare.METRICS:
-      m = report['metrics'][key]
-      if m['diff'] is None or m['ci'][0] is None:
-        cells.append(f'{label} n/a')
-        continue
-      scale, spec = (100, '+.2f') if key in ('miou', 'niou', 'pd') else (1, '+.2f')
-      beyond = {True: 'yes', False: 'no', None: 'n/a'}
-      cells.append(f'{label} {m["diff"] * scale:{spec}} [{m["ci"][0] * scale:{spec}}, '
-                   f'{m["ci"][1] * scale:{spec}}] (beyond test / seeds: '
-                   f'{beyond[m["beyond_test"]]} / {beyond[m["beyond_seeds"]]})')
-    lines.append(f'{row["variant"]} - Ours: ' + '; '.join(cells))
-  return lines
-
-
-def table2_main(root: str, intervals: bool = False) -> dict:
-  t = table2(root)
-  print(f'Table 2 (ablations) from {root}: test metrics, mean ± sample std over seeds')
-  print()
-  print(t['markdown'])
-  print()
-  notes = [f'{r["variant"]}: {", ".join(r["differs_from_ours"]) or "nothing"}'
-           for r in t['rows'][1:] if 'differs_from_ours' in r]
-  if notes:
-    print('config keys that differ from Ours: ' + '; '.join(notes))
-  if intervals:
-    print('differences from Ours (mIoU, nIoU, Pd in points, Fa in 1e-6) with 95 % intervals '
-          'of a paired bootstrap over the test images (docs/compare.md):')
-    for line in against_ours(t['rows']):
-      print(f'  {line}')
-  print(json.dumps({'root': root, 'rows': t['rows']}))
-  return t
-
-
 # --------------------------------------------------------------------------- command
 def _define_flags() -> None:
   # Only when run as a command: importing this module defines no flags.
@@ -490,7 +373,9 @@ def main(argv):
   if flags.FLAGS.intervals and not flags.FLAGS.table2:
     raise UserError('--intervals goes with --table2')
   if flags.FLAGS.table2:
-    table2_main(args[0], intervals=flags.FLAGS.intervals)
+    # Imported here: limijax.table2 imports this module.
+    from limijax import table2  # pylint: disable=g-import-not-at-top
+    table2.print_table(args[0], intervals=flags.FLAGS.intervals)
   else:
     aggregate_main(args[0])
 

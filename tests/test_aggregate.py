@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from limijax import aggregate, defaults
+from limijax import aggregate, defaults, table2
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -240,7 +240,7 @@ def make_table2(root, variants=VARIANTS):
 
 
 def test_table2_rows_in_paper_order_with_cells(tmp_path):
-  t = aggregate.table2(str(make_table2(tmp_path)))
+  t = table2.table(str(make_table2(tmp_path)))
   lines = t['markdown'].splitlines()
   assert lines[0] == ('| Method | mIoU (%) | nIoU (%) | Pd (%) | Fa (x1e-6) | FA/MP '
                       '| Params (M) | seeds |')
@@ -266,11 +266,11 @@ def test_table2_rows_in_paper_order_with_cells(tmp_path):
 def test_table2_reads_rows_from_the_choices_arms_folders(tmp_path):
   # launch/choices.sh trains Ours, w/o ITS and the hard-label row as default, its_off and
   # c2f_hard: the same table comes from those folders.
-  expected = aggregate.table2(str(make_table2(tmp_path / 'paper')))
+  expected = table2.table(str(make_table2(tmp_path / 'paper')))
   choices = make_table2(tmp_path / 'choices')
-  for name, arm in aggregate.CHOICES_NAMES.items():
+  for name, arm in table2.CHOICES_NAMES.items():
     (choices / name).rename(choices / arm)
-  t = aggregate.table2(str(choices))
+  t = table2.table(str(choices))
   assert t['markdown'] == expected['markdown']
   assert [r['folder'] for r in t['rows']][:2] == [str(choices / 'default'),
                                                   str(choices / 'its_off')]
@@ -278,17 +278,20 @@ def test_table2_reads_rows_from_the_choices_arms_folders(tmp_path):
   make_table2(choices, {'ours': VARIANTS['ours']})
   with pytest.raises(aggregate.UserError, match=r'Ours has finished runs in both .*ours and '
                      r'.*default'):
-    aggregate.table2(str(choices))
+    table2.table(str(choices))
 
 
 def test_table2_cli_missing_variant_row_left_empty(tmp_path):
-  make_table2(tmp_path, {k: v for k, v in VARIANTS.items() if k != 'no_lmb'})
+  make_table2(tmp_path, {k: v for k, v in VARIANTS.items() if k not in ('no_its', 'no_lmb')})
   proc = _cli('--table2', tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert '| w/o LMB | — | — | — | — | — | — | 0 |' in proc.stdout
-  assert 'no_lmb' in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+  assert '| w/o ITS | — | — | — | — | — | — | 0 |' in proc.stdout
+  # One line naming every folder looked in: w/o ITS may also come from choices.sh's its_off.
+  assert len(proc.stderr.strip().splitlines()) == 1
+  assert f'{tmp_path / "no_its"} or {tmp_path / "its_off"}, {tmp_path / "no_lmb"}' in proc.stderr
   result = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert [r['n'] for r in result['rows']] == [2, 2, 2, 0, 2, 2, 2]
+  assert [r['n'] for r in result['rows']] == [2, 0, 2, 0, 2, 2, 2]
   assert math.isclose(result['rows'][0]['miou']['mean'], 0.67)
   # The plain command on the same ROOT refuses to mix variants and points to --table2.
   plain = _cli(tmp_path)
@@ -349,8 +352,8 @@ def test_table2_intervals_against_ours_from_trained_runs(tmp_path, tiny_run, tin
   from limijax import compare  # pylint: disable=g-import-not-at-top
   shutil.copytree(tiny_two_seeds[0], tmp_path / 'ours')
   shutil.copytree(tiny_run[0], tmp_path / 'no_its')
-  t = aggregate.table2(str(tmp_path))
-  lines = aggregate.against_ours(t['rows'])
+  t = table2.table(str(tmp_path))
+  lines = table2.against_ours(t['rows'])
   assert len(lines) == 1 and lines[0].startswith('w/o ITS - Ours: mIoU ')
   got = t['rows'][1]['vs_ours']['miou']
   ours = [r['test']['miou'] for r in tiny_two_seeds[1]['runs']]

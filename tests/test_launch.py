@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from limijax import aggregate
+from limijax import table2
 from test_aggregate import SEEDS, VARIANTS, make_run, make_table2
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_table2_sh_argument_errors_are_one_line_exit_2(tmp_path):
 def test_table2_sh_variants_match_the_table_in_order():
   text = TABLE2_SH.read_text()
   listed = re.findall(r'^  "(\w+) ?([^"]*)"$', text, flags=re.M)
-  assert listed == [(name, change) for _, name, change in aggregate.TABLE2]
+  assert listed == [(name, change) for _, name, change in table2.ROWS]
   # each ablation row changes one key of the base config, to a value it accepts
   from limijax import defaults  # pylint: disable=g-import-not-at-top
   base = defaults.base_config()
@@ -115,7 +115,7 @@ def test_table2_sh_over_finished_seeds_prints_the_table(tmp_path):
   assert ('| Ours | 67.00 ± 1.41 | 57.00 ± 1.41 | 85.00 ± 7.07 | 15.00 ± 7.07 | 4.58 ± 0.00 '
           '| 0.016 | 2 |' in proc.stdout)
   rows = json.loads(proc.stdout.strip().splitlines()[-1])['rows']
-  assert [r['variant'] for r in rows] == [label for label, _, _ in aggregate.TABLE2]
+  assert [r['variant'] for r in rows] == [label for label, _, _ in table2.ROWS]
 
 
 # --------------------------------------------------------------------------- choices.sh
@@ -151,10 +151,10 @@ def test_choices_sh_arms_each_change_their_keys_to_values_the_config_accepts():
 
 def test_choices_sh_arms_hold_every_table2_row_under_a_name_table2_reads():
   # Table 2 at the arms' schedule comes from the choices' ROOT: every row is an arm with
-  # the same change, named as Table 2 names it or as aggregate.CHOICES_NAMES maps it.
+  # the same change, named as Table 2 names it or as table2.CHOICES_NAMES maps it.
   arms = dict(_arms())
-  for label, name, change in aggregate.TABLE2:
-    arm = name if name in arms else aggregate.CHOICES_NAMES.get(name)
+  for label, name, change in table2.ROWS:
+    arm = name if name in arms else table2.CHOICES_NAMES.get(name)
     assert arm in arms, label
     assert arms[arm] == change, label
 
