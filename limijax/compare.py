@@ -57,6 +57,8 @@ METRICS = (('miou', 'mIoU', '.4f', True), ('niou', 'nIoU', '.4f', True),
            ('pd', 'Pd', '.4f', True), ('fa_e6', 'Fa x1e-6', '.2f', False),
            ('fa_per_mp', 'FA/MP', '.2f', False))
 _ALIASES = {'fa': 'fa_e6'}  # the name format_metrics uses for Fa
+# A verdict in words: beyond the interval (or the seed spread), not beyond, unknown.
+VERDICT_WORDS = {True: 'yes', False: 'no', None: 'n/a'}
 RESAMPLES = 2000
 LEVEL = 0.95
 CACHE_VERSION = 1
@@ -433,7 +435,6 @@ def table(report: dict) -> str:
   pct = f'{100 * report["level"]:g}%'
   lines = [f'| metric | A | B | A - B | {pct} CI of A - B | seed std A | seed std B | '
            '2 x seed SE | beyond test / seeds |', '|---' * 9 + '|']
-  word = {True: 'yes', False: 'no', None: 'n/a'}
   for key, label, spec, _ in METRICS:
     r = report['metrics'][key]
     two_se = None if r['seed_se'] is None else 2 * r['seed_se']
@@ -443,7 +444,7 @@ def table(report: dict) -> str:
     lines.append(f'| {label} | {_cell(r["a"], spec)} | {_cell(r["b"], spec)} | '
                  f'{_cell(r["diff"], spec, "+")} | {ci} | {_cell(r["seed_std_a"], spec)} | '
                  f'{_cell(r["seed_std_b"], spec)} | {_cell(two_se, spec)} | '
-                 f'{word[r["beyond_test"]]} / {word[r["beyond_seeds"]]} |')
+                 f'{VERDICT_WORDS[r["beyond_test"]]} / {VERDICT_WORDS[r["beyond_seeds"]]} |')
   return '\n'.join(lines)
 
 

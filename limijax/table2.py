@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from limijax.aggregate import is_number, report_skipped, collect, find_runs, mean_std, stats
+from limijax.aggregate import collect, find_runs, is_number, mean_std, report_skipped, stats
 from limijax.defaults import diff_keys
 from limijax.errors import UserError
 
@@ -100,6 +100,7 @@ def against_ours(rows: list[dict]) -> list[str]:
   ours = rows[0]
   if not ours['n']:
     return ['no interval against Ours: its row has no finished run']
+  scales, word = dict(METRICS), compare.VERDICT_WORDS
   lines = []
   for row in rows[1:]:
     if not row['n']:
@@ -113,11 +114,10 @@ def against_ours(rows: list[dict]) -> list[str]:
       if m['diff'] is None or m['ci'][0] is None:
         cells.append(f'{label} n/a')
         continue
-      scale = 100 if key in ('miou', 'niou', 'pd') else 1
-      beyond = {True: 'yes', False: 'no', None: 'n/a'}
+      scale = scales[key]
       cells.append(f'{label} {m["diff"] * scale:+.2f} [{m["ci"][0] * scale:+.2f}, '
                    f'{m["ci"][1] * scale:+.2f}] (beyond test / seeds: '
-                   f'{beyond[m["beyond_test"]]} / {beyond[m["beyond_seeds"]]})')
+                   f'{word[m["beyond_test"]]} / {word[m["beyond_seeds"]]})')
     lines.append(f'{row["variant"]} - Ours: ' + '; '.join(cells))
   return lines
 
