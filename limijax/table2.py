@@ -124,8 +124,11 @@ def against_ours(rows: list[dict]) -> list[str]:
 
 def print_table(root: str, intervals: bool = False) -> dict:
   """What ``aggregate --table2`` prints: the table, the config keys each row changes, the
-  intervals when asked, and one JSON line last."""
+  intervals when asked, and one JSON line last. The intervals are worked out before the
+  first line is printed, so the lines that name where each run's per-image sums come from
+  (stderr) do not fall between the table's lines in a terminal."""
   t = table(root)
+  differences = against_ours(t['rows']) if intervals else []
   print(f'Table 2 (ablations) from {root}: test metrics, mean ± sample std over seeds')
   print()
   print(t['markdown'])
@@ -137,7 +140,7 @@ def print_table(root: str, intervals: bool = False) -> dict:
   if intervals:
     print('differences from Ours (mIoU, nIoU, Pd in points, Fa in 1e-6) with 95 % intervals '
           'of a paired bootstrap over the test images (docs/compare.md):')
-    for line in against_ours(t['rows']):
+    for line in differences:
       print(f'  {line}')
   print(json.dumps({'root': root, 'rows': t['rows']}))
   return t

@@ -365,3 +365,30 @@ def test_table2_intervals_against_ours_from_trained_runs(tmp_path, tiny_run, tin
   assert got['seed_se'] is not None  # Ours holds two seeds: the seed spread is known
   low, high = (100 * v for v in got['ci'])
   assert f'{got["diff"] * 100:+.2f} [{low:+.2f}, {high:+.2f}]' in lines[0]
+
+
+def test_table2_intervals_worked_out_before_anything_is_printed(tmp_path, monkeypatch):
+  # Where each run's per-image sums come from goes to stderr while the intervals are worked
+  # out; with stdout and stderr in one terminal, those lines come before the table, never
+  # between its lines.
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  root = make_table2(tmp_path)
+
+  def fake_against_ours(rows):
+    print('per-image statistics from somewhere', file=sys.stderr)
+    return [f'{rows[1]["variant"]} - Ours: mIoU -5.00 [-6.00, -4.00]']
+
+  monkeypatch.setattr(table2, 'against_ours', fake_against_ours)
+  both = io.StringIO()
+  with contextlib.redirect_stdout(both), contextlib.redirect_stderr(both):
+    table2.print_table(str(root), intervals=True)
+  lines = both.getvalue().splitlines()
+  assert lines[0] == 'per-image statistics from somewhere'
+  assert lines[1].startswith('Table 2 (ablations) from ')
+  header = next(i for i, line in enumerate(lines) if line.startswith('differences from Ours'))
+  assert lines[header + 1] == '  w/o ITS - Ours: mIoU -5.00 [-6.00, -4.00]'
+  both = io.StringIO()
+  with contextlib.redirect_stdout(both), contextlib.redirect_stderr(both):
+    table2.print_table(str(root), intervals=False)  # no intervals asked: none worked out
+  assert 'per-image statistics' not in both.getvalue()
