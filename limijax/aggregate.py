@@ -152,12 +152,18 @@ def _check_one_config(runs: list[dict], root: str) -> dict:
     diff = diff_keys(first, strip(r['config']))
     if diff:
       shown = ', '.join(diff[:6]) + (' ...' if len(diff) > 6 else '')
-      from limijax.table2 import ROWS  # pylint: disable=g-import-not-at-top
-      hint = ('; for ROOT/<variant>/ folders of launch/table2.sh use --table2'
-              if any(os.path.isdir(os.path.join(root, name)) for _, name, _ in ROWS) else '')
+      from limijax import table2  # pylint: disable=g-import-not-at-top
+      names = [name for _, name, _ in table2.ROWS] + list(table2.CHOICES_NAMES.values())
+      hint = ('; for the row folders of launch/table2.sh or launch/choices.sh use --table2'
+              if any(os.path.isdir(os.path.join(root, n)) for n in names) else '')
+      # The first run's folder right under root, when the two runs sit in different ones
+      # (one arm or row each): the folder to aggregate instead.
+      top_a, top_b = (os.path.relpath(x['path'], root).split(os.sep)[0] for x in (runs[0], r))
+      example = (f', e.g. {os.path.join(root, top_a)}'
+                 if top_a != top_b and os.curdir not in (top_a, top_b) else '')
       raise UserError(f'runs under {root} differ in more than seed, at {shown} (e.g. '
                       f'{runs[0]["path"]} and {r["path"]}); aggregate the seeds of one config '
-                      f'at a time{hint}')
+                      f'at a time{example}{hint}')
   return first
 
 

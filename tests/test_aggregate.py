@@ -272,6 +272,16 @@ def test_table2_reads_rows_from_the_choices_arms_folders(tmp_path):
     (choices / name).rename(choices / arm)
   t = table2.table(str(choices))
   assert t['markdown'] == expected['markdown']
+  # The plain command on the same root names a folder to aggregate and points to --table2,
+  # though no folder bears a launch/table2.sh name: only no_ses..no_c2f and choices' names.
+  for name in ('no_ses', 'no_lmb', 'no_huf', 'no_c2f'):
+    (choices / name).rename(choices / f'arm_{name}')
+  with pytest.raises(aggregate.UserError, match=r'at a time, e\.g\. .*/(default|its_off|c2f_hard|'
+                     r'arm_no_\w+); for the row folders of launch/table2.sh or '
+                     r'launch/choices.sh use --table2$'):
+    aggregate.collect(str(choices))
+  for name in ('no_ses', 'no_lmb', 'no_huf', 'no_c2f'):
+    (choices / f'arm_{name}').rename(choices / name)
   assert [r['folder'] for r in t['rows']][:2] == [str(choices / 'default'),
                                                   str(choices / 'its_off')]
   # Finished runs of one row in both folders: refused, naming both.
