@@ -157,10 +157,11 @@ def _check_one_config(runs: list[dict], root: str) -> dict:
       hint = ('; for the row folders of launch/table2.sh or launch/choices.sh use --table2'
               if any(os.path.isdir(os.path.join(root, n)) for n in names) else '')
       # The first run's folder right under root, when the two runs sit in different ones
-      # (one arm or row each): the folder to aggregate instead.
+      # and it holds runs rather than being one (an arm or row each): one to aggregate.
       top_a, top_b = (os.path.relpath(x['path'], root).split(os.sep)[0] for x in (runs[0], r))
-      example = (f', e.g. {os.path.join(root, top_a)}'
-                 if top_a != top_b and os.curdir not in (top_a, top_b) else '')
+      folder = os.path.join(root, top_a)
+      example = (f', e.g. {folder}' if top_a != top_b and os.curdir not in (top_a, top_b)
+                 and not os.path.isfile(os.path.join(folder, 'results.json')) else '')
       raise UserError(f'runs under {root} differ in more than seed, at {shown} (e.g. '
                       f'{runs[0]["path"]} and {r["path"]}); aggregate the seeds of one config '
                       f'at a time{example}{hint}')

@@ -190,6 +190,7 @@ def test_cli_refuses_mixed_configs_naming_the_key(tmp_path):
   assert len(err) == 1 and err[0].startswith('error: ')
   assert 'model.stem, num_epochs' in err[0]
   assert str(tmp_path / 'seed_0') in err[0] and str(tmp_path / 'seed_9') in err[0]
+  assert err[0].endswith('at a time')  # runs side by side: no folder of runs to name
   assert not (tmp_path / 'aggregate.png').exists()
 
 
