@@ -1,6 +1,8 @@
 """`python -m limijax.aggregate`: statistics over seeds from fabricated run folders whose
 numbers are chosen so that every mean and sample std is worked out by hand."""
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -273,16 +275,6 @@ def test_table2_reads_rows_from_the_choices_arms_folders(tmp_path):
     (choices / name).rename(choices / arm)
   t = table2.table(str(choices))
   assert t['markdown'] == expected['markdown']
-  # The plain command on the same root names a folder to aggregate and points to --table2,
-  # though no folder bears a launch/table2.sh name: only no_ses..no_c2f and choices' names.
-  for name in ('no_ses', 'no_lmb', 'no_huf', 'no_c2f'):
-    (choices / name).rename(choices / f'arm_{name}')
-  with pytest.raises(aggregate.UserError, match=r'at a time, e\.g\. .*/(default|its_off|c2f_hard|'
-                     r'arm_no_\w+); for the row folders of launch/table2.sh or '
-                     r'launch/choices.sh use --table2$'):
-    aggregate.collect(str(choices))
-  for name in ('no_ses', 'no_lmb', 'no_huf', 'no_c2f'):
-    (choices / f'arm_{name}').rename(choices / name)
   assert [r['folder'] for r in t['rows']][:2] == [str(choices / 'default'),
                                                   str(choices / 'its_off')]
   # Finished runs of one row in both folders: refused, naming both.
@@ -290,6 +282,18 @@ def test_table2_reads_rows_from_the_choices_arms_folders(tmp_path):
   with pytest.raises(aggregate.UserError, match=r'Ours has finished runs in both .*ours and '
                      r'.*default'):
     table2.table(str(choices))
+
+
+def test_plain_aggregate_of_a_choices_root_names_an_arm_and_points_to_table2(tmp_path):
+  # Only launch/choices.sh's folder names (default, its_off, c2f_hard): the one-line error
+  # names one arm's folder to aggregate, and points to --table2 for the rows.
+  make_table2(tmp_path, {k: VARIANTS[k] for k in table2.CHOICES_NAMES})
+  for name, arm in table2.CHOICES_NAMES.items():
+    (tmp_path / name).rename(tmp_path / arm)
+  with pytest.raises(aggregate.UserError, match=r'at a time, e\.g\. .*/(default|its_off|c2f_hard)'
+                     r'; for the row folders of launch/table2.sh or launch/choices.sh use '
+                     r'--table2$'):
+    aggregate.collect(str(tmp_path))
 
 
 def test_table2_cli_missing_variant_row_left_empty(tmp_path):
@@ -382,8 +386,6 @@ def test_table2_intervals_worked_out_before_anything_is_printed(tmp_path, monkey
   # Where each run's per-image sums come from goes to stderr while the intervals are worked
   # out; with stdout and stderr in one terminal, those lines come before the table, never
   # between its lines.
-  import contextlib  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
   root = make_table2(tmp_path)
 
   def fake_against_ours(rows):
