@@ -153,9 +153,9 @@ def _check_one_config(runs: list[dict], root: str) -> dict:
     if diff:
       shown = ', '.join(diff[:6]) + (' ...' if len(diff) > 6 else '')
       from limijax import table2  # pylint: disable=g-import-not-at-top
-      names = [name for _, name, _ in table2.ROWS] + list(table2.CHOICES_NAMES.values())
       hint = ('; for the row folders of launch/table2.sh or launch/choices.sh use --table2'
-              if any(os.path.isdir(os.path.join(root, n)) for n in names) else '')
+              if any(os.path.isdir(f) for _, name, _ in table2.ROWS
+                     for f in table2.row_folders(root, name)) else '')
       # The first run's folder right under root, when the two runs sit in different ones
       # and it holds runs rather than being one (an arm or row each): one to aggregate.
       top_a, top_b = (os.path.relpath(x['path'], root).split(os.sep)[0] for x in (runs[0], r))

@@ -42,7 +42,7 @@ CHOICES_NAMES = {'ours': 'default', 'no_its': 'its_off', 'no_c2f_hard': 'c2f_har
 METRICS = (('miou', 100), ('niou', 100), ('pd', 100), ('fa_e6', 1), ('fa_per_mp', 1))
 
 
-def _folders(root: str, name: str) -> list[str]:
+def row_folders(root: str, name: str) -> list[str]:
   """The folders a row may be read from: its own, then its launch/choices.sh name."""
   return [os.path.join(root, n) for n in (name, CHOICES_NAMES.get(name)) if n]
 
@@ -53,7 +53,7 @@ def table(root: str) -> dict:
     raise UserError(f'{root} is not a folder')
   rows, skipped, missing = [], [], []
   for label, name, _ in ROWS:
-    candidates = _folders(root, name)
+    candidates = row_folders(root, name)
     found = [f for f in candidates if os.path.isdir(f) and find_runs(f)[0]]
     if len(found) > 1:
       raise UserError(f'{label} has finished runs in both {found[0]} and {found[1]}: keep one')
